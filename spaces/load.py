@@ -1,0 +1,156 @@
+"""Read a study file (YAML) into a validated `StudySpec`: data, model, fixed training settings, space."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spaces.checks import check_choice, check_float, check_int, check_keys
+from spaces.space import FLOAT_DOMAINS, INT_DOMAINS, Space, parse_param
+
+BUILTIN_DIR = Path(__file__).resolve().parent
+SECTIONS = ("name", "description", "data", "model", "training", "search", "space")
+# Fixed per study: the recipe fields a space may also search, plus the epoch budget.
+TRAINING_KEYS = tuple(FLOAT_DOMAINS) + tuple(INT_DOMAINS) + ("max_epochs",)
+SEARCH_KEYS = ("n_folds", "n_trials", "sampler", "pruner", "seed", "enqueue_defaults")
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("hyperband", "sha", "median", "none")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How a study searches: folds, trial budget, sampler, pruner, seed."""
+
+    n_folds: int = 5
+    n_trials: int = 30
+    sampler: str = "tpe"
+    pruner: str = "hyperband"
+    seed: int = 0
+    enqueue_defaults: bool = True
+
+    def __post_init__(self) -> None:
+        check_int("n_folds", self.n_folds, low=2, high=20)
+        check_int("n_trials", self.n_trials, low=1)
+        check_choice("sampler", self.sampler, SAMPLERS)
+        check_choice("pruner", self.pruner, PRUNERS)
+        check_int("seed", self.seed, low=0)
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """Everything a study file declares.
+
+    Attributes:
+        name: the study name (Optuna study and MLflow experiment).
+        path: the file it came from.
+        data: loader settings; ``source`` names the loader, the rest are its options.
+        model: model settings; ``name`` names the builder, the rest are its options.
+        training: fixed recipe values shared by every trial (``max_epochs``, ``learning_rate``...).
+        search: folds, trial budget, sampler, pruner, seed.
+        space: the searched parameters.
+    """
+
+    name: str
+    path: Path
+    data: dict[str, Any]
+    model: dict[str, Any]
+    training: dict[str, Any]
+    search: SearchSettings
+    space: Space
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def builtin_studies() -> list[str]:
+    """Return the names of the study files shipped in `spaces/`."""
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
+
+
+def resolve_study(study: str) -> Path:
+    """Return the file of a built-in study name or of a path to a ``.yaml`` file.
+
+    Raises:
+        LookupError: neither a built-in name nor an existing file; the message lists the names.
+    """
+    candidate = Path(study)
+    if candidate.suffix in (".yaml", ".yml"):
+        if candidate.is_file():
+            return candidate
+        raise LookupError(f"study file {study!r} does not exist.")
+    builtin = BUILTIN_DIR / f"{study}.yaml"
+    if builtin.is_file():
+        return builtin
+    raise LookupError(
+        f"unknown study {study!r}; known studies: {', '.join(builtin_studies())} "
+        f"(or a path to a study .yaml file)."
+    )
+
+
+def load_study(study: str | Path) -> StudySpec:
+    """Load and check a built-in study by name, or a study file by path.
+
+    Raises:
+        LookupError: unknown study name.
+        ValueError, TypeError: a bad entry; the message names the file and the key.
+    """
+    path = resolve_study(str(study))
+    where = str(path if not path.is_relative_to(BUILTIN_DIR) else f"spaces/{path.name}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{where}: not valid YAML: {exc}") from None
+    return parse_study(raw, path=path, where=where)
+
+
+def parse_study(raw: Any, *, path: Path, where: str) -> StudySpec:
+    """Check a parsed study mapping and return it as a `StudySpec` (see `load_study`)."""
+    raw = check_keys("study file", raw, SECTIONS, where=where)
+    name = raw.get("name", path.stem)
+    if not isinstance(name, str) or not name.strip():
+        raise TypeError(f"{where}: 'name' must be a non-empty string; got {name!r}.")
+
+    data = check_keys("data", raw.get("data") or {"source": "digits"}, None, where=where)
+    if "source" not in data:
+        raise ValueError(f"{where}: 'data' needs 'source' (digits, tinyimagenet or folder).")
+    model = check_keys("model", raw.get("model") or {}, None, where=where)
+    if "name" not in model:
+        raise ValueError(f"{where}: 'model' needs 'name' (for example mlp or seed_cnn).")
+
+    training = check_keys("training", raw.get("training"), TRAINING_KEYS, where=where)
+    for key, value in list(training.items()):
+        if key in INT_DOMAINS or key == "max_epochs":
+            training[key] = check_int(f"training.{key}", value, low=1, where=where)
+        else:
+            low, high, high_open = FLOAT_DOMAINS[key]
+            training[key] = check_float(
+                f"training.{key}", value, low=low, high=high, high_open=high_open, where=where
+            )
+
+    search_raw = check_keys("search", raw.get("search"), SEARCH_KEYS, where=where)
+    try:
+        search = SearchSettings(**search_raw)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{where}: search.{exc}") from None
+
+    space_raw = raw.get("space")
+    if not isinstance(space_raw, dict) or not space_raw:
+        raise ValueError(f"{where}: 'space' must map at least one parameter to its range.")
+    params = tuple(parse_param(str(k), v, where=where) for k, v in space_raw.items())
+    both = sorted(set(training) & {p.name for p in params})
+    if both:
+        raise ValueError(
+            f"{where}: {both[0]!r} is both fixed in 'training' and searched in 'space'; keep one."
+        )
+    return StudySpec(
+        name=name,
+        path=path,
+        data=data,
+        model=model,
+        training=training,
+        search=search,
+        space=Space(params),
+        description=str(raw.get("description", "")),
+    )
