@@ -1,0 +1,227 @@
+"""Train one recipe over k folds and report every epoch through a plain callable."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+
+from trainers.data import Dataset
+from trainers.kfold import Fold
+from trainers.recipe import Recipe
+
+# Keras 3 adds the L1/L2 penalty to `loss` *and* `val_loss`; judging recipes on that would
+# punish regularization for its own penalty. Every loss this module reports is the plain
+# cross-entropy, tracked as a metric of this name.
+CROSS_ENTROPY = "cross_entropy"
+# A fold whose best validation loss stays above this fraction of ln(n_classes) never left
+# chance level (DESIGN.md: Adam at 1e-3 holds the reference CNN at ln 25 for every epoch).
+CHANCE_FRACTION = 0.99
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """What the trainer reports after every epoch. ``step`` counts across folds."""
+
+    fold: int
+    epoch: int
+    step: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    best_val_loss: float  # lowest val_loss of this fold so far
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """One fold's outcome at its best epoch (the weights early stopping restores)."""
+
+    fold: int
+    best_epoch: int
+    val_loss: float
+    val_accuracy: float
+    train_loss: float
+    n_epochs: int
+    fit_seconds: float
+    history: dict[str, list[float]] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class CVResult:
+    """All folds of one trial. ``stopped`` is True when ``on_epoch`` asked to stop."""
+
+    folds: tuple[FoldResult, ...]
+    stopped: bool = False
+
+    @property
+    def val_loss(self) -> float:
+        """Mean over folds of the best-epoch validation loss: the study's objective."""
+        return float(np.mean([f.val_loss for f in self.folds]))
+
+    @property
+    def val_loss_std(self) -> float:
+        return float(np.std([f.val_loss for f in self.folds]))
+
+    @property
+    def val_accuracy(self) -> float:
+        return float(np.mean([f.val_accuracy for f in self.folds]))
+
+    @property
+    def train_loss(self) -> float:
+        return float(np.mean([f.train_loss for f in self.folds]))
+
+    @property
+    def generalization_gap(self) -> float:
+        """Mean validation minus training cross-entropy at the best epochs."""
+        return self.val_loss - self.train_loss
+
+    @property
+    def fit_seconds(self) -> float:
+        return float(sum(f.fit_seconds for f in self.folds))
+
+
+class TrainingFailed(RuntimeError):
+    """A recipe that cannot be scored: the loss diverged or never left chance level."""
+
+
+class Diverged(TrainingFailed):
+    """The training or validation loss became NaN or infinite."""
+
+
+class StuckAtChance(TrainingFailed):
+    """The validation loss never fell below chance level, ln(n_classes)."""
+
+
+OnEpoch = Callable[[EpochMetrics], bool | None]
+
+
+def compile_model(model: keras.Model, recipe: Recipe) -> keras.Model:
+    """Compile ``model`` with Adam at the recipe's learning rate and the metrics we report."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=recipe.learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=[
+            keras.metrics.SparseCategoricalCrossentropy(name=CROSS_ENTROPY),
+            keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+        ],
+    )
+    return model
+
+
+def cross_validate(
+    data: Dataset,
+    folds: Sequence[Fold],
+    recipe: Recipe,
+    build: Callable[[Recipe], keras.Model],
+    *,
+    seed: int = 0,
+    on_epoch: OnEpoch | None = None,
+    class_weight: dict[int, float] | None = None,
+) -> CVResult:
+    """Train ``recipe`` once per fold and return each fold's best epoch.
+
+    Every fold starts from a fresh model built by ``build(recipe)`` and seeded with
+    ``seed + fold``: the same seed for every trial, so trials differ by recipe, not by luck.
+    Early stopping watches the validation cross-entropy and restores the best weights.
+
+    Args:
+        data: the training split; folds index into it.
+        folds: the study's folds (`trainers.kfold.stratified_folds`).
+        recipe: regularization and training settings.
+        build: returns an uncompiled model for a recipe.
+        seed: base seed of weight initialisation, dropout and augmentation.
+        on_epoch: called after every epoch; returning True stops the whole trial (pruning).
+        class_weight: optional per-class loss weights.
+
+    Returns:
+        The folds trained so far; ``stopped`` tells whether ``on_epoch`` cut the trial short.
+
+    Raises:
+        Diverged: a loss became NaN or infinite.
+        StuckAtChance: a fold's best validation loss stayed at chance level.
+    """
+    chance = math.log(data.n_classes)
+    results: list[FoldResult] = []
+    for fold in folds:
+        keras.utils.set_random_seed(seed + fold.index)
+        model = compile_model(build(recipe), recipe)
+        reporter = _Reporter(fold.index, recipe.max_epochs, on_epoch)
+        stopper = keras.callbacks.EarlyStopping(
+            monitor=f"val_{CROSS_ENTROPY}", patience=recipe.patience, restore_best_weights=True
+        )
+        train, val = data.subset(fold.train), data.subset(fold.val)
+        start = time.perf_counter()
+        history = model.fit(
+            train.x, train.y,
+            validation_data=(val.x, val.y),
+            batch_size=recipe.batch_size,
+            epochs=recipe.max_epochs,
+            class_weight=class_weight,
+            callbacks=[reporter, stopper],
+            verbose=0,
+        ).history
+        seconds = time.perf_counter() - start
+        if reporter.diverged:
+            raise Diverged(f"fold {fold.index}, epoch {reporter.diverged_epoch}: loss is not finite")
+        val_losses = history[f"val_{CROSS_ENTROPY}"]
+        best = int(np.argmin(val_losses))
+        results.append(FoldResult(
+            fold=fold.index,
+            best_epoch=best,
+            val_loss=float(val_losses[best]),
+            val_accuracy=float(history["val_accuracy"][best]),
+            train_loss=float(history[CROSS_ENTROPY][best]),
+            n_epochs=len(val_losses),
+            fit_seconds=seconds,
+            history={k: [float(v) for v in vs] for k, vs in history.items()},
+        ))
+        if reporter.stopped:
+            return CVResult(tuple(results), stopped=True)
+        if val_losses[best] >= CHANCE_FRACTION * chance:
+            raise StuckAtChance(
+                f"fold {fold.index}: best val_loss {val_losses[best]:.4f} never left chance "
+                f"level ln({data.n_classes}) = {chance:.4f}"
+            )
+    return CVResult(tuple(results))
+
+
+class _Reporter(keras.callbacks.Callback):
+    """Turn Keras epoch logs into `EpochMetrics`, stop on a non-finite loss or when asked."""
+
+    def __init__(self, fold: int, max_epochs: int, on_epoch: OnEpoch | None) -> None:
+        super().__init__()
+        self.fold, self.max_epochs, self.on_epoch = fold, max_epochs, on_epoch
+        self.best = math.inf
+        self.stopped = False
+        self.diverged = False
+        self.diverged_epoch = -1
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        train_loss = float(logs.get(CROSS_ENTROPY, math.nan))
+        val_loss = float(logs.get(f"val_{CROSS_ENTROPY}", math.nan))
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)
+                and math.isfinite(float(logs.get("loss", 0.0)))):
+            self.diverged, self.diverged_epoch = True, epoch
+            self.model.stop_training = True
+            return
+        self.best = min(self.best, val_loss)
+        if self.on_epoch is None:
+            return
+        metrics = EpochMetrics(
+            fold=self.fold,
+            epoch=epoch,
+            # steps count across folds so the pruner sees one increasing sequence
+            step=self.fold * self.max_epochs + epoch,
+            train_loss=train_loss,
+            val_loss=val_loss,
+            val_accuracy=float(logs.get("val_accuracy", math.nan)),
+            best_val_loss=self.best,
+        )
+        if self.on_epoch(metrics):
+            self.stopped = True
+            self.model.stop_training = True

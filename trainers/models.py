@@ -1,0 +1,78 @@
+"""Build a Keras model from a model name, its options and a recipe: the registry of architectures."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import keras
+
+from trainers.augment import RandomAugment
+from trainers.recipe import Recipe
+from trainers.regularization import dropout, kernel_regularizer
+
+Builder = Callable[..., keras.Model]
+
+
+def build_mlp(
+    input_shape: tuple[int, int, int],
+    n_classes: int,
+    recipe: Recipe,
+    *,
+    pixel_max: float = 255.0,
+    augment_preset: str = "natural",
+    hidden_layers: int = 5,
+    units: int = 500,
+) -> keras.Model:
+    """Return the reference MLP: ``hidden_layers`` dense ReLU layers of ``units``, softmax.
+
+    Images are scaled to [0, 1] and augmented (training only) before they are flattened,
+    so the augmentation magnitude means the same thing as for the CNNs.
+    """
+    reg = kernel_regularizer(recipe)
+    inputs = keras.Input(input_shape, name="image")
+    x = keras.layers.Rescaling(1.0 / pixel_max, name="rescale")(inputs)
+    x = RandomAugment(recipe.augment, preset=augment_preset, name="augment")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    for i in range(hidden_layers):
+        x = keras.layers.Dense(units, activation="relu", kernel_regularizer=reg, name=f"dense_{i}")(x)
+        x = dropout(recipe, name=f"dropout_{i}")(x)
+    outputs = keras.layers.Dense(n_classes, activation="softmax", kernel_regularizer=reg,
+                                 name="softmax")(x)
+    return keras.Model(inputs, outputs, name="mlp")
+
+
+def builders() -> dict[str, Builder]:
+    """Return every model builder by name."""
+    from trainers.cnn import BUILDERS as cnn_builders
+
+    return {"mlp": build_mlp, **cnn_builders}
+
+
+def build_model(
+    name: str,
+    input_shape: tuple[int, int, int],
+    n_classes: int,
+    recipe: Recipe,
+    **options: Any,
+) -> keras.Model:
+    """Return an uncompiled model ``name`` regularized by ``recipe``.
+
+    Args:
+        name: a key of `builders()`: ``mlp``, ``seed_cnn``, ``small_resnet``, ``efficientnet_b0``.
+        input_shape: one image's shape, ``(height, width, channels)``.
+        n_classes: width of the softmax.
+        recipe: the regularization to build in (penalties, dropout, augmentation magnitude).
+        **options: the builder's own options (``pixel_max``, ``augment_preset``, sizes).
+
+    Raises:
+        ValueError: unknown model name or option; the message lists the valid ones.
+    """
+    known = builders()
+    if name not in known:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(known))}.")
+    try:
+        return known[name](input_shape, n_classes, recipe, **options)
+    except TypeError as exc:
+        if "unexpected keyword argument" in str(exc):
+            raise ValueError(f"model {name!r}: {exc}") from None
+        raise
