@@ -1,0 +1,122 @@
+"""The settings of one study run: a study file's declarations plus command-line overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spaces import StudySpec, check_choice, check_float, check_int, load_study
+from spaces.load import PRUNERS, SAMPLERS
+
+DEFAULT_ROOT = Path("mlruns")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything `search.run` needs; checked once, here.
+
+    Attributes:
+        spec: the study file (data, model, fixed training settings, space).
+        n_trials: trial budget over the whole study, counted across invocations.
+        timeout: seconds after which this invocation starts no new trial (None: no limit).
+        n_folds, max_epochs, sampler, pruner, seed: override the study file's values.
+        storage: Optuna storage URL, or a path to a journal file.
+        tracking_uri: MLflow tracking URI.
+        fresh: delete the stored study and start over.
+    """
+
+    spec: StudySpec
+    n_trials: int
+    n_folds: int
+    max_epochs: int
+    sampler: str
+    pruner: str
+    seed: int
+    storage: str
+    tracking_uri: str
+    timeout: float | None = None
+    fresh: bool = False
+    enqueue_defaults: bool = True
+
+    def __post_init__(self) -> None:
+        check_int("--trials", self.n_trials, low=1)
+        check_int("--folds", self.n_folds, low=2, high=20)
+        check_int("--epochs", self.max_epochs, low=1)
+        check_choice("--sampler", self.sampler, SAMPLERS)
+        check_choice("--pruner", self.pruner, PRUNERS)
+        check_int("--seed", self.seed, low=0)
+        if self.timeout is not None:
+            check_float("--timeout", self.timeout, low=0.0, low_open=True)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that make trials comparable; a resumed study must keep them."""
+        return {
+            "n_folds": self.n_folds,
+            "max_epochs": self.max_epochs,
+            "seed": self.seed,
+            "data": self.spec.data,
+            "model": self.spec.model,
+            "training": self.spec.training,
+            "space": self.spec.space.to_dict(),
+        }
+
+    def replace(self, **changes: Any) -> "StudyConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def default_storage(root: Path = DEFAULT_ROOT) -> str:
+    """Optuna's default store: a SQLite file beside MLflow's, under ``mlruns/``."""
+    return f"sqlite:///{(root / 'optuna.db').as_posix()}"
+
+
+def default_tracking_uri(root: Path = DEFAULT_ROOT) -> str:
+    """MLflow's default store, the one ``mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db`` opens."""
+    return f"sqlite:///{(root / 'mlflow.db').as_posix()}"
+
+
+def build_config(
+    study: str,
+    *,
+    n_trials: int | None = None,
+    n_folds: int | None = None,
+    max_epochs: int | None = None,
+    sampler: str | None = None,
+    pruner: str | None = None,
+    seed: int | None = None,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    timeout: float | None = None,
+    fresh: bool = False,
+) -> StudyConfig:
+    """Load a study file and apply overrides (None keeps the file's value).
+
+    Raises:
+        LookupError: unknown study.
+        ValueError, TypeError: a bad study file or override; the message names it.
+    """
+    spec = load_study(study)
+    s = spec.search
+
+    def pick(value: Any, default: Any) -> Any:
+        return default if value is None else value
+
+    return StudyConfig(
+        spec=spec,
+        n_trials=pick(n_trials, s.n_trials),
+        n_folds=pick(n_folds, s.n_folds),
+        max_epochs=pick(max_epochs, spec.training.get("max_epochs", 20)),
+        sampler=pick(sampler, s.sampler),
+        pruner=pick(pruner, s.pruner),
+        seed=pick(seed, s.seed),
+        storage=pick(storage, default_storage()),
+        tracking_uri=pick(tracking_uri, default_tracking_uri()),
+        timeout=timeout,
+        fresh=fresh,
+        enqueue_defaults=s.enqueue_defaults,
+    )

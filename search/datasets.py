@@ -1,0 +1,101 @@
+"""Load a study's data from its `data:` section: built-in digits, Tiny ImageNet, or an image folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spaces import check_keys
+from trainers.data import Dataset
+
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "digits": ("source", "heldout_fraction"),
+    "tinyimagenet": ("source", "data_dir", "n_classes", "wnids", "images_per_class", "cache_dir",
+                     "download", "class_weights"),
+    "folder": ("source", "root", "image_size", "heldout_dir", "heldout_fraction", "cache_dir",
+               "class_weights"),
+}
+AUGMENT_PRESETS = {"digits": "digits", "tinyimagenet": "natural", "folder": "natural"}
+
+
+@dataclass(frozen=True)
+class StudyData:
+    """A study's training split (folds come from it) and its held-out split, if any."""
+
+    train: Dataset
+    heldout: Dataset | None
+    augment_preset: str
+    class_weights: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        """Shape facts an exported recipe needs to rebuild the model."""
+        return {
+            "input_shape": list(self.train.image_shape),
+            "n_classes": self.train.n_classes,
+            "pixel_max": self.train.pixel_max,
+            "class_names": list(self.train.class_names),
+            "n_train": len(self.train),
+            "n_heldout": 0 if self.heldout is None else len(self.heldout),
+        }
+
+
+def load_data(data: dict[str, Any], *, where: str, seed: int = 0, data_dir: str | None = None,
+              progress: bool = True) -> StudyData:
+    """Load the data a study file's ``data:`` section names.
+
+    Args:
+        data: the section; ``source`` is ``digits``, ``tinyimagenet`` or ``folder``.
+        where: the study file, for error messages.
+        seed: the study seed (for a held-out fraction split).
+        data_dir: ``--data-dir`` from the command line; overrides the file's folder.
+        progress: show progress bars while decoding images.
+
+    Raises:
+        ValueError: unknown source or option (the message lists the valid ones).
+        FileNotFoundError: the data folder is missing (the message says how to point at one).
+    """
+    source = data.get("source")
+    if source not in OPTIONS:
+        raise ValueError(
+            f"{where}: 'data.source'={source!r} is not allowed; expected one of: {', '.join(OPTIONS)}."
+        )
+    options = check_keys("data", data, OPTIONS[source], where=where)
+    options.pop("source")
+    weights = bool(options.pop("class_weights", False))
+    preset = AUGMENT_PRESETS[source]
+    if source == "digits":
+        from sklearn.model_selection import train_test_split
+
+        from trainers.data import load_digits
+
+        full = load_digits()
+        fraction = float(options.get("heldout_fraction", 0.0))
+        if not fraction:
+            return StudyData(full, None, preset, weights)
+        train_idx, held_idx = train_test_split(
+            range(len(full)), test_size=fraction, stratify=full.y, random_state=seed
+        )
+        return StudyData(full.subset(sorted(train_idx)), full.subset(sorted(held_idx)), preset, weights)
+    if source == "tinyimagenet":
+        from trainers.tinyimagenet import load_tinyimagenet
+
+        if data_dir is not None:
+            options["data_dir"] = data_dir
+        train, heldout = load_tinyimagenet(progress=progress, **options)
+        return StudyData(train, heldout, preset, weights)
+
+    from trainers.imagefolder import load_image_folder
+
+    if data_dir is not None:
+        options["root"] = data_dir
+    if "root" not in options:
+        raise ValueError(f"{where}: 'data.root' is required for source 'folder' (or pass --data-dir).")
+    if "image_size" not in options:
+        raise ValueError(f"{where}: 'data.image_size' is required for source 'folder', e.g. [64, 64].")
+    root = Path(options.pop("root"))
+    if not root.is_absolute() and not root.exists():
+        root = Path(where).parent / root  # relative to the study file
+    train, heldout = load_image_folder(root, image_size=tuple(options.pop("image_size")), seed=seed,
+                                       progress=progress, **options)
+    return StudyData(train, heldout, preset, weights)

@@ -1,0 +1,166 @@
+"""Run a study end to end: open it, train trials, then record the outcome on the parent run."""
+
+from __future__ import annotations
+
+import functools
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from rich.console import Console
+
+from search.config import StudyConfig
+from search.datasets import StudyData, load_data
+from search.plots import save_study_plots
+from search.progress import StudyProgress, best_trials_table
+from search.recipe_file import BACKEND_ATTR, DATA_ATTR, RECIPE_ATTR, recipe_document, write_recipe
+from search.redact import redact_url
+from search.study import PARENT_RUN_ATTR, count_trials, open_study, quiet_optuna
+from search.tracking import Tracker
+from search.worker import Objective, make_recipe, run_trials
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    """What one invocation of `run_study` leaves behind."""
+
+    study: optuna.Study
+    parent_run_id: str
+    counts: dict[str, int]
+    interrupted: bool
+
+
+def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: str | None = None,
+              progress: bool = True) -> StudyOutcome:
+    """Run (or resume) the study of ``config`` until its trial budget or timeout is reached.
+
+    Creates the MLflow experiment and parent run before any trial, trains trials in this
+    process, then logs counts, the best recipe and plots on the parent run and prints the
+    best trials. Ctrl-C ends the current trial cleanly (FAIL in Optuna, KILLED in MLflow) and
+    still records the outcome; running the same command again resumes.
+
+    Raises:
+        ValueError, TypeError, FileNotFoundError: bad settings or missing data, before any trial.
+    """
+    console = console or Console(stderr=True)
+    quiet_optuna()
+    where = str(config.spec.path)
+    data = load_data(config.spec.data, where=where, seed=config.seed, data_dir=data_dir,
+                     progress=progress)
+    study = open_study(config)
+    study.set_user_attr(DATA_ATTR, {**data.describe(), "augment_preset": data.augment_preset})
+    import keras
+
+    study.set_user_attr(BACKEND_ATTR, keras.backend.backend())
+    tracker = Tracker(config.tracking_uri)
+    parent = tracker.open_parent(
+        config.name, config.settings(), run_id=study.user_attrs.get(PARENT_RUN_ATTR),
+        tags={"optuna.storage": redact_url(config.storage), "sampler": config.sampler,
+              "pruner": config.pruner},
+    )
+    study.set_user_attr(PARENT_RUN_ATTR, parent)
+    tracker.log_dict(parent, config.spec.space.to_dict(), "space.json")
+
+    build = model_builder(config, data)
+    build(make_recipe(config, config.spec.space.defaults()))  # bad model options fail here, once
+
+    from trainers.imagefolder import class_weights
+    from trainers.kfold import stratified_folds
+
+    folds = stratified_folds(data.train.y, config.n_folds, config.seed)
+    weights = class_weights(data.train.y, data.train.n_classes) if data.class_weights else None
+    counts = count_trials(study)
+    console.print(
+        f"study [bold]{config.name}[/]: {len(data.train)} images, {data.train.n_classes} classes, "
+        f"{config.n_folds} folds x {config.max_epochs} epochs; storage "
+        f"{redact_url(config.storage)}; MLflow {redact_url(config.tracking_uri)}",
+        highlight=False,
+    )
+    interrupted = False
+    with StudyProgress(config.name, config.n_trials, counts, _best_value(study), console=console,
+                       n_folds=config.n_folds, max_epochs=config.max_epochs) as bars:
+        objective = Objective(config, data.train, folds, build, tracker, parent,
+                              progress=bars if progress else None, class_weight=weights)
+        try:
+            run_trials(study, objective, n_trials=config.n_trials, timeout=config.timeout)
+        except KeyboardInterrupt:
+            interrupted = True
+    counts = count_trials(study)
+    finish_parent(study, config, tracker, parent, interrupted=interrupted)
+    print_best(study, config, console)
+    if interrupted:
+        console.print("interrupted: the current trial is marked failed; rerun the same command "
+                      "to resume.")
+    return StudyOutcome(study, parent, counts, interrupted)
+
+
+def model_builder(config: StudyConfig, data: StudyData):
+    """Return ``build(recipe) -> keras.Model`` for the study's model and data."""
+    from trainers.models import build_model
+
+    options = dict(config.spec.model)
+    name = options.pop("name")
+    options.setdefault("augment_preset", data.augment_preset)
+    return functools.partial(_build, build_model, name, data.train.image_shape,
+                             data.train.n_classes, pixel_max=data.train.pixel_max, **options)
+
+
+def _build(build_model, name, input_shape, n_classes, recipe, **options):  # noqa: ANN001
+    return build_model(name, input_shape, n_classes, recipe, **options)
+
+
+def _best_value(study: optuna.Study) -> float | None:
+    try:
+        return study.best_value
+    except ValueError:
+        return None
+
+
+def best_rows(study: optuna.Study, k: int = 5) -> list[dict[str, Any]]:
+    """The ``k`` complete trials with the lowest objective, as plain rows."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None and math.isfinite(t.value)]
+    done.sort(key=lambda t: t.value)
+    return [
+        {"number": t.number, "value": t.value, "std": t.user_attrs.get("cv_val_loss_std", math.nan),
+         "accuracy": t.user_attrs.get("cv_val_accuracy", math.nan),
+         "gap": t.user_attrs.get("generalization_gap", math.nan),
+         "params": t.user_attrs.get(RECIPE_ATTR, {})}
+        for t in done[:k]
+    ]
+
+
+def print_best(study: optuna.Study, config: StudyConfig, console: Console) -> None:
+    rows = best_rows(study)
+    if not rows:
+        console.print("no complete trial yet.")
+        return
+    console.print(best_trials_table(rows, list(config.spec.space.names),
+                                    title=f"best trials of {config.name}"))
+
+
+def finish_parent(study: optuna.Study, config: StudyConfig, tracker: Tracker, parent: str, *,
+                  interrupted: bool) -> None:
+    """Log counts, the best recipe (tags and file) and Optuna's plots on the parent run."""
+    counts = count_trials(study)
+    tracker.log_metrics(parent, {f"n_{k}": v for k, v in counts.items() if k != "budget"},
+                        step=len(study.trials))
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = best_rows(study, k=1)
+        if rows:
+            best = study.best_trial
+            tracker.log_metrics(parent, {"best_cv_val_loss": best.value}, step=len(study.trials))
+            tags = {f"best.{k}": str(v) for k, v in rows[0]["params"].items()}
+            tags["best.trial_number"] = str(best.number)
+            tracker.set_tags(parent, tags)
+            document = recipe_document(study, best, storage=redact_url(config.storage))
+            tracker.log_artifacts(parent, [write_recipe(document, Path(tmp) / "best_recipe.yaml")])
+        plots, skipped = save_study_plots(study, Path(tmp) / "plots")
+        tracker.log_artifacts(parent, plots, "plots")
+        if skipped:
+            tracker.set_tags(parent, {f"plots.skipped.{k}": v[:500] for k, v in skipped.items()})
+    tracker.finish_parent(parent, status="KILLED" if interrupted else "FINISHED")

@@ -1,0 +1,87 @@
+"""Command line: write a study's selected recipe. ``python -m search.export --study digits``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+EXIT_USAGE = 2
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m search.export",
+        description="Write the best trial's regularization recipe, with provenance, as YAML or JSON.",
+    )
+    p.add_argument("--study", required=True, help="study name or study .yaml file")
+    p.add_argument("--format", choices=("yaml", "json"), help="file format (default: from -o, else yaml)")
+    p.add_argument("-o", "--output", help="output file (default: <study>_recipe.<format>)")
+    p.add_argument("--trial", type=int, help="export this trial number instead of the best")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///mlruns/optuna.db)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        path = export(args.study, output=args.output, fmt=args.format, trial_number=args.trial,
+                      storage=args.storage)
+    except (LookupError, ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(path)
+    return 0
+
+
+def export(study: str, *, output: str | None = None, fmt: str | None = None,
+           trial_number: int | None = None, storage: str | None = None) -> Path:
+    """Write the recipe of the best (or a given, complete) trial of ``study``; return the file.
+
+    Raises:
+        LookupError: no such study in the storage, or no such trial.
+        ValueError: the study has no complete trial yet, or the trial is not complete.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    from search.config import default_storage
+    from search.recipe_file import recipe_document, write_recipe
+    from search.redact import redact_url
+    from search.study import open_storage, quiet_optuna
+
+    quiet_optuna()
+    name = Path(study).stem if study.endswith((".yaml", ".yml")) else study
+    storage = storage or default_storage()
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():
+        raise LookupError(f"no study storage at {storage}; run `python -m search.run --study "
+                          f"{name}` first, or pass --storage.")
+    try:
+        loaded = optuna.load_study(study_name=name, storage=open_storage(storage))
+    except KeyError:
+        known = optuna.get_all_study_names(storage=open_storage(storage))
+        raise LookupError(f"no study {name!r} in {redact_url(storage)}; stored studies: "
+                          f"{', '.join(known) or 'none'}.") from None
+    if trial_number is None:
+        complete = loaded.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not complete:
+            raise ValueError(f"study {name!r} has no complete trial yet; run more trials first.")
+        trial = loaded.best_trial
+    else:
+        by_number = {t.number: t for t in loaded.get_trials(deepcopy=False)}
+        if trial_number not in by_number:
+            raise LookupError(f"study {name!r} has no trial {trial_number}; trials are "
+                              f"0..{len(by_number) - 1}.")
+        trial = by_number[trial_number]
+        if trial.state != TrialState.COMPLETE:
+            raise ValueError(f"trial {trial_number} of {name!r} is {trial.state.name}; only a "
+                             f"complete trial has a recipe to export.")
+    fmt = fmt or ("json" if output and output.endswith(".json") else "yaml")
+    output = output or f"{name}_recipe.{fmt}"
+    document = recipe_document(loaded, trial, storage=redact_url(storage))
+    return write_recipe(document, output, fmt)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Open the Optuna study of a config: storage, seeded sampler, fold-aware pruner, resume checks."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from search.config import StudyConfig
+from search.redact import redact_url
+from spaces import default_params
+
+SETTINGS_ATTR = "regsearch.settings"
+PARENT_RUN_ATTR = "regsearch.mlflow_parent_run_id"
+INTERRUPTED_ATTR = "interrupted"
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """Return the Optuna storage for a URL (``sqlite:///``, ``postgresql://``...) or a journal path.
+
+    A plain path (``*.journal`` / ``*.log``) becomes a `JournalStorage` on a file. SQLite and
+    other databases get heartbeats, so a trial whose worker died is marked failed.
+    """
+    if "://" not in url:
+        from optuna.storages.journal import JournalFileBackend
+
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(url))
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(
+        url,
+        heartbeat_interval=60,
+        grace_period=180,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+    )
+
+
+def make_sampler(config: StudyConfig, worker: int = 0) -> optuna.samplers.BaseSampler:
+    """Return the config's sampler, seeded from the study seed (and the worker index)."""
+    seed = config.seed + 1000 * worker
+    if config.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    """Return the config's pruner, with resources counted in steps across folds.
+
+    A trial reports ``step = fold * max_epochs + epoch``, so its whole budget is
+    ``n_folds * max_epochs`` steps; the first rung sits a few epochs into the first fold.
+    """
+    max_resource = config.n_folds * config.max_epochs
+    min_resource = max(1, config.max_epochs // 6)
+    if config.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=min_resource, max_resource=max_resource, reduction_factor=3
+        )
+    if config.pruner == "sha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=3)
+    if config.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=min_resource)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(config: StudyConfig, *, worker: int = 0, create: bool = True) -> optuna.Study:
+    """Create the study of ``config`` or load it to resume.
+
+    A resumed study must have been created with the same folds, epochs, seed, data, model and
+    space, or its trials would not be comparable.
+
+    Raises:
+        ValueError: the stored study was created with other settings (the message says
+            which, and that ``--fresh`` starts over).
+    """
+    storage = open_storage(config.storage)
+    if config.fresh and create:
+        try:
+            optuna.delete_study(study_name=config.name, storage=storage)
+        except KeyError:
+            pass
+    study = optuna.create_study(
+        study_name=config.name,
+        storage=storage,
+        sampler=make_sampler(config, worker),
+        pruner=make_pruner(config),
+        direction="minimize",
+        load_if_exists=True,
+    )
+    settings = json.loads(json.dumps(config.settings()))
+    stored = study.user_attrs.get(SETTINGS_ATTR)
+    if stored is None and create:
+        study.set_user_attr(SETTINGS_ATTR, settings)
+        if config.enqueue_defaults and not study.trials:
+            # The study file's defaults go first: a known-reasonable point for the sampler.
+            study.enqueue_trial(default_params(config.spec.space), user_attrs={"enqueued": "defaults"})
+    elif stored is not None and stored != settings:
+        changed = sorted(k for k in settings if stored.get(k) != settings[k])
+        raise ValueError(
+            f"study {config.name!r} in {redact_url(config.storage)} was created with other "
+            f"{', '.join(changed)} ({', '.join(f'{k}={stored.get(k)!r}' for k in changed[:2])}); "
+            f"rerun with the same settings to resume, or pass --fresh to start over."
+        )
+    return study
+
+
+def count_trials(study: optuna.Study) -> dict[str, int]:
+    """Count trials by outcome; ``budget`` is what counts against ``--trials``.
+
+    Trials cut short by Ctrl-C are failed but do not use up the budget: a resumed study
+    runs them again.
+    """
+    trials = study.get_trials(deepcopy=False)
+    counts = {
+        "complete": sum(t.state == TrialState.COMPLETE for t in trials),
+        "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+        "failed": sum(t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED_ATTR)
+                      for t in trials),
+        "interrupted": sum(t.state == TrialState.FAIL and bool(t.user_attrs.get(INTERRUPTED_ATTR))
+                           for t in trials),
+        "running": sum(t.state == TrialState.RUNNING for t in trials),
+    }
+    counts["budget"] = counts["complete"] + counts["pruned"] + counts["failed"] + counts["running"]
+    return counts
+
+
+def quiet_optuna() -> None:
+    """Keep Optuna's per-trial log lines and experimental warnings off the progress display."""
+    import logging
+
+    # Failed trials are reported by our own display (with their reason), not as tracebacks.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -1,0 +1,174 @@
+"""Record a study in MLflow: one experiment, one parent run, one child run per trial.
+
+The only module that imports mlflow. It talks to the store through `MlflowClient` and run
+ids, never through MLflow's global "active run", so several worker processes can share one
+parent run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+from search.redact import redact_url
+
+PARENT_TAG = "mlflow.parentRunId"
+ROLE_TAG = "regsearch.role"
+# Optuna's trial states, as MLflow run statuses. A pruned trial was stopped on purpose
+# before its budget ran out: KILLED, with `optuna.trial_state=PRUNED` to tell it apart.
+STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED", "INTERRUPTED": "KILLED"}
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
+    return out
+
+
+class Tracker:
+    """MLflow store of one study.
+
+    Args:
+        tracking_uri: MLflow tracking URI; a local ``sqlite:///`` store keeps its artifacts in
+            ``artifacts/`` beside the database file.
+    """
+
+    def __init__(self, tracking_uri: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.artifact_root: str | None = None
+        if tracking_uri.startswith("sqlite:///"):
+            db = Path(tracking_uri.removeprefix("sqlite:///"))
+            db.parent.mkdir(parents=True, exist_ok=True)
+            self.artifact_root = (db.parent / "artifacts").resolve().as_uri()
+        self.client = MlflowClient(tracking_uri)
+
+    def experiment_id(self, name: str) -> str:
+        """Return the id of experiment ``name``, creating it (and restoring it if deleted)."""
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            location = f"{self.artifact_root}/{name}" if self.artifact_root else None
+            return self.client.create_experiment(name, artifact_location=location)
+        if experiment.lifecycle_stage == "deleted":
+            self.client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+
+    def open_parent(
+        self,
+        study_name: str,
+        settings: Mapping[str, Any],
+        *,
+        run_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> str:
+        """Return the study's parent run, reopened if ``run_id`` still exists, else a new one.
+
+        The settings that a resumed study must keep are logged as params (MLflow params are
+        write-once); anything that may change between invocations goes in ``tags``.
+        """
+        experiment_id = self.experiment_id(study_name)
+        if run_id is not None:
+            try:
+                run = self.client.get_run(run_id)
+            except Exception:  # the run was deleted from the store: start a new parent
+                run = None
+            if run is not None and run.info.lifecycle_stage == "active":
+                self.client.update_run(run_id, status="RUNNING")
+                self._set_tags(run_id, tags or {})
+                return run_id
+        run = self.client.create_run(
+            experiment_id,
+            run_name=study_name,
+            tags={ROLE_TAG: "study", "optuna.study_name": study_name, **(tags or {})},
+        )
+        params = [Param(k, v[:6000]) for k, v in _flatten(settings).items()]
+        for start in range(0, len(params), 100):
+            self.client.log_batch(run.info.run_id, params=params[start:start + 100])
+        return run.info.run_id
+
+    def start_trial(
+        self,
+        parent_run_id: str,
+        trial_number: int,
+        recipe: Mapping[str, Any],
+        *,
+        tags: Mapping[str, str] | None = None,
+        run_name: str | None = None,
+    ) -> str:
+        """Open the child run of one trial, with its recipe as params; return its id."""
+        parent = self.client.get_run(parent_run_id)
+        run = self.client.create_run(
+            parent.info.experiment_id,
+            run_name=run_name or f"trial-{trial_number}",
+            tags={
+                PARENT_TAG: parent_run_id,
+                ROLE_TAG: "trial",
+                "optuna.trial_number": str(trial_number),
+                "optuna.trial_state": "RUNNING",
+                **(tags or {}),
+            },
+        )
+        self.client.log_batch(
+            run.info.run_id, params=[Param(k, str(v)) for k, v in recipe.items()]
+        )
+        return run.info.run_id
+
+    def log_fold(self, run_id: str, fold: int, history: Mapping[str, Iterable[float]]) -> None:
+        """Log one fold's per-epoch curves as ``fold_<i>/<metric>`` with ``step = epoch``."""
+        now = _now_ms()
+        metrics = [
+            Metric(f"fold_{fold}/{name}", float(value), now, epoch)
+            for name, values in history.items()
+            for epoch, value in enumerate(values)
+        ]
+        for start in range(0, len(metrics), 900):
+            self.client.log_batch(run_id, metrics=metrics[start:start + 900])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        now = _now_ms()
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        self._set_tags(run_id, tags)
+
+    def finish_trial(self, run_id: str, state: str, *, reason: str | None = None) -> None:
+        """Close a child run with the status matching the trial's Optuna state."""
+        tags = {"optuna.trial_state": "FAIL" if state == "INTERRUPTED" else state}
+        if reason:
+            tags["fail_reason"] = reason[:4000]
+        if state == "INTERRUPTED":
+            tags["interrupted"] = "true"
+        self._set_tags(run_id, tags)
+        self.client.set_terminated(run_id, status=STATUS[state])
+
+    def finish_parent(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def log_artifacts(self, run_id: str, paths: Iterable[Path], artifact_path: str | None = None) -> None:
+        for path in paths:
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_dict(self, run_id: str, values: Mapping[str, Any], name: str) -> None:
+        self.client.log_dict(run_id, dict(values), name)
+
+    def _set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        if tags:
+            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def describe_uri(uri: str) -> str:
+    """A tracking or storage URI fit for printing: passwords hidden."""
+    return redact_url(uri)

@@ -1,0 +1,144 @@
+"""Run trials of one study in this process: the objective and the trial loop."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import optuna
+
+from search.config import StudyConfig
+from search.progress import StudyProgress
+from search.recipe_file import RECIPE_ATTR
+from search.study import INTERRUPTED_ATTR, count_trials
+from search.tracking import Tracker
+from spaces import sample_params
+from trainers.data import Dataset
+from trainers.fit import CVResult, EpochMetrics, FoldResult, TrainingFailed, cross_validate
+from trainers.kfold import Fold
+from trainers.recipe import Recipe
+
+ModelBuilder = Callable[[Recipe], Any]
+
+
+def make_recipe(config: StudyConfig, values: dict[str, Any]) -> Recipe:
+    """Combine a study's fixed training settings with one trial's searched values."""
+    fixed = dict(config.spec.training)
+    fixed["max_epochs"] = config.max_epochs
+    return Recipe.from_dict({**fixed, **values})
+
+
+@dataclass
+class Objective:
+    """Optuna objective: one k-fold cross-validated training run per trial, tracked in MLflow.
+
+    Returns the mean over folds of the best-epoch validation cross-entropy. Raises
+    `optuna.TrialPruned` when the pruner stops the trial; a trial that fails (exception,
+    NaN loss, stuck at chance level) has its reason recorded in Optuna (user attr
+    ``fail_reason``) and in MLflow (tag ``fail_reason``, status FAILED) before the error
+    propagates to Optuna, which marks it FAIL.
+    """
+
+    config: StudyConfig
+    data: Dataset
+    folds: list[Fold]
+    build: ModelBuilder
+    tracker: Tracker
+    parent_run_id: str
+    progress: StudyProgress | None = None
+    class_weight: dict[int, float] | None = None
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        recipe = make_recipe(self.config, sample_params(self.config.spec.space, trial))
+        run_id = self.tracker.start_trial(self.parent_run_id, trial.number, recipe.to_dict())
+        trial.set_user_attr(RECIPE_ATTR, recipe.to_dict())
+        trial.set_user_attr("mlflow_run_id", run_id)
+        if self.progress:
+            self.progress.trial_started(trial.number)
+
+        def on_epoch(m: EpochMetrics) -> bool:
+            if self.progress and not m.filled:
+                self.progress.epoch(m.fold, m.epoch, m.step, m.val_loss)
+            trial.report(m.best_val_loss, m.step)
+            return trial.should_prune()
+
+        def on_fold(fold: FoldResult) -> None:
+            self.tracker.log_fold(run_id, fold.fold, _curves(fold))
+
+        try:
+            result = cross_validate(
+                self.data, self.folds, recipe, self.build, seed=self.config.seed,
+                on_epoch=on_epoch, on_fold=on_fold, class_weight=self.class_weight,
+            )
+        except KeyboardInterrupt:
+            trial.set_user_attr(INTERRUPTED_ATTR, True)
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+            self.tracker.finish_trial(run_id, "INTERRUPTED", reason="interrupted (Ctrl-C)")
+            raise
+        except BaseException as exc:
+            reason = str(exc) if isinstance(exc, TrainingFailed) else f"{type(exc).__name__}: {exc}"
+            trial.set_user_attr("fail_reason", reason)
+            self.tracker.finish_trial(run_id, "FAIL", reason=reason)
+            raise
+        summary = _summary(result)
+        for key, value in summary.items():
+            trial.set_user_attr(key, value)
+        self.tracker.log_metrics(run_id, summary)
+        if result.stopped:
+            self.tracker.finish_trial(run_id, "PRUNED")
+            raise optuna.TrialPruned(f"pruned after {len(result.folds)} fold(s)")
+        self.tracker.finish_trial(run_id, "COMPLETE")
+        return result.val_loss
+
+
+def _curves(fold: FoldResult) -> dict[str, list[float]]:
+    h = fold.history
+    return {"train_loss": h["cross_entropy"], "val_loss": h["val_cross_entropy"],
+            "val_accuracy": h["val_accuracy"]}
+
+
+def _summary(result: CVResult) -> dict[str, float]:
+    return {
+        "cv_val_loss": result.val_loss,
+        "cv_val_loss_std": result.val_loss_std,
+        "cv_val_accuracy": result.val_accuracy,
+        "cv_train_loss": result.train_loss,
+        "generalization_gap": result.generalization_gap,
+        "n_folds_trained": float(len(result.folds)),
+        "fit_seconds": result.fit_seconds,
+    }
+
+
+def run_trials(study: optuna.Study, objective: Objective, *, n_trials: int,
+               timeout: float | None = None) -> None:
+    """Run trials until the study holds ``n_trials`` (all invocations together) or time is up.
+
+    Each trial goes through ``study.optimize(n_trials=1)`` so Optuna keeps its heartbeat and
+    stale-trial handling. A failed trial does not stop the loop; Ctrl-C ends the current trial
+    (marked FAIL, ``interrupted``; it does not use up the budget) and propagates.
+    """
+    started = time.monotonic()
+    callbacks = []
+    if objective.progress is not None:
+        progress = objective.progress
+        callbacks.append(lambda _study, trial: _announce(progress, trial))
+    while count_trials(study)["budget"] < n_trials:
+        if timeout is not None and time.monotonic() - started >= timeout:
+            break
+        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks,
+                       gc_after_trial=True)
+
+
+def _announce(progress: StudyProgress, trial: optuna.trial.FrozenTrial) -> None:
+    state = trial.state.name
+    value = trial.value if state == "COMPLETE" else None
+    detail = ""
+    if state == "FAIL":
+        detail = f" ({trial.user_attrs.get('fail_reason', 'no reason recorded')})"
+    elif state == "PRUNED" and trial.last_step is not None:
+        detail = f" at step {trial.last_step}"
+    if value is not None and not math.isfinite(value):
+        value = None
+    progress.trial_finished(trial.number, state, value, detail)
