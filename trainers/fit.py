@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ class EpochMetrics:
     val_loss: float
     val_accuracy: float
     best_val_loss: float  # lowest val_loss of this fold so far
+    # True for the report that stands in for the epochs early stopping skipped (see _Reporter)
+    filled: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,9 @@ def cross_validate(
     *,
     seed: int = 0,
     on_epoch: OnEpoch | None = None,
+    on_fold: Callable[[FoldResult], None] | None = None,
     class_weight: dict[int, float] | None = None,
+    fail_at_chance: bool = True,
 ) -> CVResult:
     """Train ``recipe`` once per fold and return each fold's best epoch.
 
@@ -135,7 +140,9 @@ def cross_validate(
         build: returns an uncompiled model for a recipe.
         seed: base seed of weight initialisation, dropout and augmentation.
         on_epoch: called after every epoch; returning True stops the whole trial (pruning).
+        on_fold: called with each fold's result as soon as the fold ends.
         class_weight: optional per-class loss weights.
+        fail_at_chance: raise `StuckAtChance` for a fold that never left chance level.
 
     Returns:
         The folds trained so far; ``stopped`` tells whether ``on_epoch`` cut the trial short.
@@ -169,7 +176,7 @@ def cross_validate(
             raise Diverged(f"fold {fold.index}, epoch {reporter.diverged_epoch}: loss is not finite")
         val_losses = history[f"val_{CROSS_ENTROPY}"]
         best = int(np.argmin(val_losses))
-        results.append(FoldResult(
+        result = FoldResult(
             fold=fold.index,
             best_epoch=best,
             val_loss=float(val_losses[best]),
@@ -178,10 +185,13 @@ def cross_validate(
             n_epochs=len(val_losses),
             fit_seconds=seconds,
             history={k: [float(v) for v in vs] for k, vs in history.items()},
-        ))
+        )
+        results.append(result)
+        if on_fold is not None:
+            on_fold(result)
         if reporter.stopped:
             return CVResult(tuple(results), stopped=True)
-        if val_losses[best] >= CHANCE_FRACTION * chance:
+        if fail_at_chance and val_losses[best] >= CHANCE_FRACTION * chance:
             raise StuckAtChance(
                 f"fold {fold.index}: best val_loss {val_losses[best]:.4f} never left chance "
                 f"level ln({data.n_classes}) = {chance:.4f}"
@@ -199,6 +209,22 @@ class _Reporter(keras.callbacks.Callback):
         self.stopped = False
         self.diverged = False
         self.diverged_epoch = -1
+        self.last: EpochMetrics | None = None
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        # A fold that early stopping ended at epoch e < max_epochs would leave its later
+        # steps empty, and the pruner would then judge it at its *next* fold's first epoch
+        # against other trials' late epochs. Reporting the fold's best value (the weights it
+        # keeps) at the fold's last step compares like with like.
+        if self.stopped or self.diverged or self.on_epoch is None or self.last is None:
+            return
+        if self.last.epoch < self.max_epochs - 1:
+            filled = dataclasses.replace(
+                self.last, epoch=self.max_epochs - 1,
+                step=self.fold * self.max_epochs + self.max_epochs - 1, filled=True,
+            )
+            if self.on_epoch(filled):
+                self.stopped = True
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
@@ -222,6 +248,7 @@ class _Reporter(keras.callbacks.Callback):
             val_accuracy=float(logs.get("val_accuracy", math.nan)),
             best_val_loss=self.best,
         )
+        self.last = metrics
         if self.on_epoch(metrics):
             self.stopped = True
             self.model.stop_training = True

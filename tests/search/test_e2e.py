@@ -1,0 +1,180 @@
+"""A real digits study end to end: Optuna storage, MLflow store, export, resume, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from search.config import build_config
+from search.export import export
+from search.study import open_study
+from spaces import values_from_params
+
+pytestmark = pytest.mark.slow
+
+GOOD = {"l1_on": False, "l2_on": True, "l2": 1e-4, "dropout": 0.1, "augment": 0.0, "patience": 3}
+# Heavy penalties, dropout and augmentation: far worse than the others from the first epochs,
+# so the median pruner stops it deterministically.
+BAD = {"l1_on": True, "l1": 1e-3, "l2_on": True, "l2": 1e-2, "dropout": 0.59, "augment": 1.0,
+       "patience": 2}
+
+
+def _config(tmp_path: Path, n_trials: int, **kw):
+    return build_config(
+        "digits", n_trials=n_trials, n_folds=3, max_epochs=3, pruner="median", seed=0,
+        storage=f"sqlite:///{tmp_path}/mlruns/optuna.db",
+        tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db", **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory):
+    from search.driver import run_study
+
+    tmp_path = tmp_path_factory.mktemp("study")
+    config = _config(tmp_path, n_trials=4)
+    study = open_study(config)  # creates the study; the defaults are enqueued as trial 0
+    study.enqueue_trial({**GOOD, "dropout": 0.2})
+    study.enqueue_trial({**GOOD, "dropout": 0.0})
+    study.enqueue_trial(BAD)
+    outcome = run_study(config, progress=False)
+    return tmp_path, config, outcome
+
+
+def test_study_records_every_trial_in_optuna(finished_study) -> None:
+    _, config, outcome = finished_study
+    trials = outcome.study.get_trials()
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    states = [t.state for t in trials]
+    assert states[:3] == [TrialState.COMPLETE] * 3
+    assert states[3] == TrialState.PRUNED
+    # the pruned trial reported on the fold-aware step axis and stopped inside the first fold
+    assert 1 <= trials[3].last_step < config.max_epochs
+    assert outcome.counts == {"complete": 3, "pruned": 1, "failed": 0, "interrupted": 0,
+                              "running": 0, "budget": 4}
+    for t in trials[:3]:
+        steps = sorted(t.intermediate_values)
+        assert steps[-1] == config.n_folds * config.max_epochs - 1
+        assert t.user_attrs["cv_val_loss_std"] >= 0
+        assert 0.5 < t.user_attrs["cv_val_accuracy"] <= 1
+
+
+def test_study_records_one_parent_and_one_child_per_trial_in_mlflow(finished_study) -> None:
+    _, config, outcome = finished_study
+    client = MlflowClient(config.tracking_uri)
+    experiment = client.get_experiment_by_name("digits")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.run_id == outcome.parent_run_id
+    assert parents[0].info.status == "FINISHED"
+    assert len(children) == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {outcome.parent_run_id}
+    by_number = {int(r.data.tags["optuna.trial_number"]): r for r in children}
+    expected = {0: "FINISHED", 1: "FINISHED", 2: "FINISHED", 3: "KILLED"}
+    assert {n: r.info.status for n, r in by_number.items()} == expected
+    assert by_number[3].data.tags["optuna.trial_state"] == "PRUNED"
+    for number in (0, 1, 2):
+        run = by_number[number]
+        trial = outcome.study.trials[number]
+        assert run.data.metrics["cv_val_loss"] == pytest.approx(trial.value)
+        assert {"cv_val_loss_std", "cv_val_accuracy", "generalization_gap"} <= set(run.data.metrics)
+        assert float(run.data.params["dropout"]) == trial.user_attrs["recipe"]["dropout"]
+        for fold in range(config.n_folds):
+            curve = client.get_metric_history(run.info.run_id, f"fold_{fold}/val_loss")
+            assert [m.step for m in curve] == list(range(len(curve))) and curve
+    parent = parents[0]
+    assert parent.data.metrics["n_complete"] == 3 and parent.data.metrics["n_pruned"] == 1
+    assert parent.data.tags["best.trial_number"] == str(outcome.study.best_trial.number)
+    artifacts = {a.path for a in client.list_artifacts(outcome.parent_run_id)}
+    assert "best_recipe.yaml" in artifacts and "plots" in artifacts
+    plots = {a.path for a in client.list_artifacts(outcome.parent_run_id, "plots")}
+    assert "plots/optimization_history.png" in plots
+
+
+def test_export_writes_the_best_trials_recipe(finished_study) -> None:
+    tmp_path, config, outcome = finished_study
+    out = export("digits", output=str(tmp_path / "best.yaml"), storage=config.storage)
+    document = yaml.safe_load(out.read_text())
+    best = outcome.study.best_trial
+    assert document["trial"] == best.number
+    assert document["cv_val_loss"]["mean"] == pytest.approx(best.value)
+    expected = values_from_params(config.spec.space, best.params)
+    assert {k: document["recipe"][k] for k in expected} == pytest.approx(expected)
+    assert document["recipe"]["max_epochs"] == config.max_epochs
+    assert document["provenance"]["versions"]["optuna"] == optuna.__version__
+
+    as_json = export("digits", output=str(tmp_path / "best.json"), storage=config.storage)
+    assert yaml.safe_load(as_json.read_text())["recipe"] == document["recipe"]
+
+    from search.recipe_file import model_from_recipe
+
+    model, recipe = model_from_recipe(out)
+    assert recipe.to_dict() == document["recipe"]
+    assert model.output_shape == (None, 10)
+    assert bool(model.losses) == (recipe.l1 > 0 or recipe.l2 > 0)
+
+
+def test_rerun_resumes_the_study_and_counts_the_budget_across_runs(finished_study) -> None:
+    from search.driver import run_study
+
+    tmp_path, _, first = finished_study
+    config = _config(tmp_path, n_trials=5)
+    outcome = run_study(config, progress=False)
+    assert len(outcome.study.trials) == 5
+    assert outcome.parent_run_id == first.parent_run_id
+
+    with pytest.raises(ValueError, match="--fresh"):
+        open_study(_config(tmp_path, n_trials=5).replace(max_epochs=4))
+
+
+def test_ctrl_c_ends_the_trial_cleanly_and_a_rerun_resumes(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-m", "search.run", "--study", "digits", "--trials", "2",
+               "--epochs", "40", "--folds", "2", "--no-progress"]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    storage = f"sqlite:///{tmp_path}/mlruns/optuna.db"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            study = optuna.load_study(study_name="digits", storage=storage)
+        except Exception:
+            continue
+        running = [t for t in study.get_trials() if t.state == TrialState.RUNNING]
+        if running and running[0].intermediate_values:
+            break
+    else:
+        proc.kill()
+        pytest.fail("no trial started training within 120 s:\n" + proc.communicate()[0])
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, output
+    assert "Traceback" not in output
+
+    study = optuna.load_study(study_name="digits", storage=storage)
+    trial = study.trials[0]
+    assert trial.state == TrialState.FAIL and trial.user_attrs["interrupted"] is True
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    assert runs and all(r.info.status != "RUNNING" for r in runs)
+    child = next(r for r in runs if "mlflow.parentRunId" in r.data.tags)
+    assert child.info.status == "KILLED" and child.data.tags["interrupted"] == "true"
+
+    rerun = subprocess.run(command[:6] + ["1"] + command[7:], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    study = optuna.load_study(study_name="digits", storage=storage)
+    # the interrupted trial did not use up the budget of 1: a new one ran to completion
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
