@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import tempfile
@@ -81,10 +82,11 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
         highlight=False,
     )
     interrupted = False
-    with StudyProgress(config.name, config.n_trials, counts, _best_value(study), console=console,
-                       n_folds=config.n_folds, max_epochs=config.max_epochs) as bars:
-        objective = Objective(config, data.train, folds, build, tracker, parent,
-                              progress=bars if progress else None, class_weight=weights)
+    bars = StudyProgress(config.name, config.n_trials, counts, _best_value(study), console=console,
+                         n_folds=config.n_folds, max_epochs=config.max_epochs) if progress else None
+    objective = Objective(config, data.train, folds, build, tracker, parent, progress=bars,
+                          class_weight=weights)
+    with bars or contextlib.nullcontext():
         try:
             run_trials(study, objective, n_trials=config.n_trials, timeout=config.timeout)
         except KeyboardInterrupt:

@@ -6,6 +6,7 @@ import math
 import time
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -79,13 +80,14 @@ class StudyProgress:
 
 def best_trials_table(rows: list[dict[str, Any]], param_names: list[str], title: str) -> Table:
     """Return a table of the best trials: number, cv val_loss ± std, accuracy, gap, recipe."""
-    table = Table(title=title)
-    for column in ("trial", "cv val_loss", "val acc", "gap", *param_names):
-        table.add_column(column, justify="right")
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    for column in ("trial", "cv val_loss", "± std", "val acc", "gap", *param_names):
+        table.add_column(column, justify="right", no_wrap=True)
     for row in rows:
         table.add_row(
             str(row["number"]),
-            f"{row['value']:.4f} ± {row.get('std', float('nan')):.4f}",
+            f"{row['value']:.4f}",
+            f"{row.get('std', float('nan')):.4f}",
             f"{row.get('accuracy', float('nan')):.3f}",
             f"{row.get('gap', float('nan')):.3f}",
             *(_fmt(row["params"].get(name)) for name in param_names),
@@ -95,5 +97,5 @@ def best_trials_table(rows: list[dict[str, Any]], param_names: list[str], title:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return "off" if value == 0.0 else f"{value:.3g}"
+        return "off" if value == 0.0 else f"{value:.2e}" if value < 1e-2 else f"{value:.3g}"
     return str(value)

@@ -47,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from search.config import build_config
 
-    console = Console(stderr=True)
+    # Off a terminal (CI, a log file) rich would wrap tables at 80 columns.
+    console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
     try:
         config = build_config(
             args.study, n_trials=args.n_trials, n_folds=args.n_folds, max_epochs=args.max_epochs,

@@ -107,6 +107,7 @@ def _summary(result: CVResult) -> dict[str, float]:
         "cv_train_loss": result.train_loss,
         "generalization_gap": result.generalization_gap,
         "n_folds_trained": float(len(result.folds)),
+        "epochs_trained": float(sum(f.n_epochs for f in result.folds)),
         "fit_seconds": result.fit_seconds,
     }
 

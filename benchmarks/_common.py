@@ -1,0 +1,50 @@
+"""Shared helpers of the benchmarks: machine description and result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, str]:
+    """Where a figure was measured: CPU, cores, GPU if any, Keras backend and versions."""
+    from search.recipe_file import package_versions
+
+    info = {
+        "host": platform.node(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": str(os.cpu_count()),
+        "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        import subprocess
+
+        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+        if gpu:
+            info["gpu"] = gpu.replace("\n", ", ")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    info.update({f"version.{k}": v for k, v in package_versions().items()})
+    return info
+
+
+def write_result(name: str, result: dict, markdown: str) -> Path:
+    """Write ``<name>.json`` and ``<name>.md`` under benchmarks/results/ (or $BENCH_OUT)."""
+    out = Path(os.environ.get("BENCH_OUT", RESULTS))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    path = out / f"{name}.md"
+    path.write_text(markdown)
+    return path
+
+
+def machine_table(info: dict[str, str]) -> str:
+    rows = "\n".join(f"| {k} | {v} |" for k, v in info.items())
+    return f"| machine | |\n| --- | --- |\n{rows}\n"
