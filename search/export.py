@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         path = export(args.study, output=args.output, fmt=args.format, trial_number=args.trial,
                       storage=args.storage)
-    except (LookupError, ValueError, TypeError, FileNotFoundError) as exc:
+    except (LookupError, ValueError, TypeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(path)
@@ -54,11 +54,16 @@ def export(study: str, *, output: str | None = None, fmt: str | None = None,
     quiet_optuna()
     name = Path(study).stem if study.endswith((".yaml", ".yml")) else study
     storage = storage or default_storage()
-    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():
+    local = (Path(storage.removeprefix("sqlite:///")) if storage.startswith("sqlite:///")
+             else None if "://" in storage else Path(storage))
+    if local is not None and not local.exists():
         raise LookupError(f"no study storage at {storage}; run `python -m search.run --study "
                           f"{name}` first, or pass --storage.")
     try:
         loaded = optuna.load_study(study_name=name, storage=open_storage(storage))
+    except ImportError as exc:
+        raise LookupError(f"cannot open {redact_url(storage)}: {exc} (install the database "
+                          f"driver, e.g. pip install 'regsearch[postgres]').") from None
     except KeyError:
         known = optuna.get_all_study_names(storage=open_storage(storage))
         raise LookupError(f"no study {name!r} in {redact_url(storage)}; stored studies: "

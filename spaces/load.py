@@ -32,11 +32,17 @@ class SearchSettings:
     enqueue_defaults: bool = True
 
     def __post_init__(self) -> None:
-        check_int("n_folds", self.n_folds, low=2, high=20)
-        check_int("n_trials", self.n_trials, low=1)
+        # Store what the checks return: YAML `n_folds: 3.0` passes check_int, and a float
+        # left here would reach StratifiedKFold, which rejects it.
+        for name, low, high in (("n_folds", 2, 20), ("n_trials", 1, None), ("seed", 0, None)):
+            value = check_int(name, getattr(self, name), low=low, high=high)
+            object.__setattr__(self, name, value)
         check_choice("sampler", self.sampler, SAMPLERS)
         check_choice("pruner", self.pruner, PRUNERS)
-        check_int("seed", self.seed, low=0)
+        if not isinstance(self.enqueue_defaults, bool):
+            raise TypeError(
+                f"'enqueue_defaults' must be true or false; got {self.enqueue_defaults!r}."
+            )
 
 
 @dataclass(frozen=True)
@@ -124,9 +130,10 @@ def parse_study(raw: Any, *, path: Path, where: str) -> StudySpec:
         if key in INT_DOMAINS or key == "max_epochs":
             training[key] = check_int(f"training.{key}", value, low=1, where=where)
         else:
-            low, high, high_open = FLOAT_DOMAINS[key]
+            low, high, low_open, high_open = FLOAT_DOMAINS[key]
             training[key] = check_float(
-                f"training.{key}", value, low=low, high=high, high_open=high_open, where=where
+                f"training.{key}", value, low=low, high=high, low_open=low_open,
+                high_open=high_open, where=where,
             )
 
     search_raw = check_keys("search", raw.get("search"), SEARCH_KEYS, where=where)

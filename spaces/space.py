@@ -9,13 +9,14 @@ from spaces.checks import check_float, check_int, check_keys
 
 # What each searchable recipe field may be, whatever a space file says. Patience below 1
 # would stop after the first epoch; dropout of 1 drops everything.
-FLOAT_DOMAINS: dict[str, tuple[float, float | None, bool]] = {
-    # name: (low, high, high_open)
-    "l1": (0.0, None, False),
-    "l2": (0.0, None, False),
-    "dropout": (0.0, 1.0, True),
-    "augment": (0.0, 1.0, False),
-    "learning_rate": (0.0, None, False),
+# A learning rate of 0 never moves the weights (and `Recipe` rejects it).
+FLOAT_DOMAINS: dict[str, tuple[float, float | None, bool, bool]] = {
+    # name: (low, high, low_open, high_open)
+    "l1": (0.0, None, False, False),
+    "l2": (0.0, None, False, False),
+    "dropout": (0.0, 1.0, False, True),
+    "augment": (0.0, 1.0, False, False),
+    "learning_rate": (0.0, None, True, False),
 }
 INT_DOMAINS: dict[str, tuple[int, int | None]] = {
     "patience": (1, None),
@@ -115,11 +116,11 @@ def parse_param(name: str, entry: Any, *, where: str) -> Param:
 
     if kind == "float":
         entry = check_keys(key, entry, ("type", "low", "high", "log", "allow_off", "default"), where=where)
-        dom_low, dom_high, high_open = FLOAT_DOMAINS[name]
+        dom_low, dom_high, low_open, high_open = FLOAT_DOMAINS[name]
         low = check_float(f"{key}.low", entry["low"], low=dom_low, high=dom_high,
-                          high_open=high_open, where=where)
+                          low_open=low_open, high_open=high_open, where=where)
         high = check_float(f"{key}.high", entry["high"], low=dom_low, high=dom_high,
-                           high_open=high_open, where=where)
+                           low_open=low_open, high_open=high_open, where=where)
         log = _check_bool(f"{key}.log", entry.get("log", False), where)
         off = _check_bool(f"{key}.allow_off", entry.get("allow_off", False), where)
         _check_bounds(key, low, high, log, where)

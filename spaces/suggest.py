@@ -104,7 +104,10 @@ def to_keras_tuner(space: Space) -> Any:
                 hp.Float(p.name, p.low, p.high, sampling=sampling,
                          default=p.default if p.default is not None else p.low)
         else:
-            hp.Int(p.name, p.low, p.high, step=p.step, sampling="log" if p.log else "linear",
+            # KerasTuner reads step as a factor under log sampling and rejects step=1; the
+            # space allows log only with step 1, which KerasTuner spells step=None.
+            hp.Int(p.name, p.low, p.high, step=None if p.log else p.step,
+                   sampling="log" if p.log else "linear",
                    default=p.default if p.default is not None else p.low)
     return hp
 

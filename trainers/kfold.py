@@ -47,7 +47,7 @@ def stratified_folds(labels: np.ndarray, n_folds: int, seed: int) -> list[Fold]:
     if counts.min() < n_folds:
         small = classes[counts.argmin()]
         warnings.warn(
-            f"class {small!r} has {counts.min()} samples, fewer than n_folds={n_folds}: "
+            f"class {small} has {counts.min()} samples, fewer than n_folds={n_folds}: "
             f"some validation folds will not contain it.",
             stacklevel=2,
         )

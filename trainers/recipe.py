@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -35,6 +36,16 @@ class Recipe:
     max_epochs: int = 20
 
     def __post_init__(self) -> None:
+        for name in ("l1", "l2", "dropout", "augment", "learning_rate"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"Recipe: {name} must be a number; got {value!r}.")
+            if not math.isfinite(value):
+                raise ValueError(f"Recipe: {name}={value!r} must be finite.")
+        for name in ("patience", "batch_size", "max_epochs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"Recipe: {name} must be an integer; got {value!r}.")
         for name in ("l1", "l2"):
             if getattr(self, name) < 0:
                 raise ValueError(f"Recipe: {name}={getattr(self, name)!r} must be >= 0.")
