@@ -25,6 +25,9 @@ class StudyConfig:
         storage: Optuna storage URL, or a path to a journal file.
         tracking_uri: MLflow tracking URI.
         fresh: delete the stored study and start over.
+        baselines: name of a set of hand-picked recipes to cross-validate beside the search.
+        report: after the search, retrain the selected recipe (and baselines) on the whole
+            training split and score the held-out split, when the data has one.
     """
 
     spec: StudySpec
@@ -39,6 +42,8 @@ class StudyConfig:
     timeout: float | None = None
     fresh: bool = False
     enqueue_defaults: bool = True
+    baselines: str | None = None
+    report: bool = True
 
     def __post_init__(self) -> None:
         check_int("--trials", self.n_trials, low=1)
@@ -47,6 +52,10 @@ class StudyConfig:
         check_choice("--sampler", self.sampler, SAMPLERS)
         check_choice("--pruner", self.pruner, PRUNERS)
         check_int("--seed", self.seed, low=0)
+        if self.baselines is not None:
+            from search.baselines import BASELINE_SETS
+
+            check_choice("--baselines", self.baselines, tuple(BASELINE_SETS))
         if self.timeout is not None:
             check_float("--timeout", self.timeout, low=0.0, low_open=True)
 
@@ -93,6 +102,9 @@ def build_config(
     tracking_uri: str | None = None,
     timeout: float | None = None,
     fresh: bool = False,
+    overrides: tuple[str, ...] | list[str] = (),
+    baselines: str | None = None,
+    report: bool = True,
 ) -> StudyConfig:
     """Load a study file and apply overrides (None keeps the file's value).
 
@@ -100,7 +112,7 @@ def build_config(
         LookupError: unknown study.
         ValueError, TypeError: a bad study file or override; the message names it.
     """
-    spec = load_study(study)
+    spec = load_study(study, overrides)
     s = spec.search
 
     def pick(value: Any, default: Any) -> Any:
@@ -119,4 +131,6 @@ def build_config(
         timeout=timeout,
         fresh=fresh,
         enqueue_defaults=s.enqueue_defaults,
+        baselines=baselines,
+        report=report,
     )

@@ -82,22 +82,60 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
         highlight=False,
     )
     interrupted = False
+    baselines: dict[str, dict[str, Any]] = {}
+    if config.baselines:
+        from search.baselines import baseline_recipes, run_baselines
+
+        try:
+            baselines = run_baselines(
+                study, config, baseline_recipes(config, config.baselines), data=data.train,
+                folds=folds, build=build, tracker=tracker, parent_run_id=parent,
+                console=console, class_weight=weights,
+            )
+        except KeyboardInterrupt:
+            interrupted = True
     bars = StudyProgress(config.name, config.n_trials, counts, _best_value(study), console=console,
                          n_folds=config.n_folds, max_epochs=config.max_epochs) if progress else None
     objective = Objective(config, data.train, folds, build, tracker, parent, progress=bars,
                           class_weight=weights)
     with bars or contextlib.nullcontext():
         try:
-            run_trials(study, objective, n_trials=config.n_trials, timeout=config.timeout)
+            if not interrupted:
+                run_trials(study, objective, n_trials=config.n_trials, timeout=config.timeout)
         except KeyboardInterrupt:
             interrupted = True
     counts = count_trials(study)
-    finish_parent(study, config, tracker, parent, interrupted=interrupted)
     print_best(study, config, console)
+    if not interrupted and config.report and data.heldout is not None:
+        try:
+            _report(study, config, data, build, tracker, parent, baselines, console, weights)
+        except KeyboardInterrupt:
+            interrupted = True
+    finish_parent(study, config, tracker, parent, interrupted=interrupted)
     if interrupted:
         console.print("interrupted: the current trial is marked failed; rerun the same command "
                       "to resume.")
     return StudyOutcome(study, parent, counts, interrupted)
+
+
+def _report(study, config, data, build, tracker, parent, baselines, console, weights) -> None:  # noqa: ANN001
+    """Retrain the selected trial and the baselines; print and log the held-out table."""
+    from search.report import heldout_report, report_table
+
+    rows = best_rows(study, k=1)
+    if not rows:
+        return
+    best = study.best_trial
+    candidates = {f"selected (trial {best.number})": {
+        "recipe": best.user_attrs[RECIPE_ATTR], "best_epochs": best.user_attrs["best_epochs"],
+        "cv_val_loss": best.value}}
+    candidates.update({f"baseline {name}": outcome for name, outcome in baselines.items()
+                       if "cv_val_loss" in outcome})
+    report = heldout_report(study, candidates, train=data.train, heldout=data.heldout,
+                            build=build, seed=config.seed, tracker=tracker, parent_run_id=parent,
+                            console=console, class_weight=weights)
+    console.print(report_table(report, f"held-out report of {config.name} "
+                                       f"({len(data.heldout)} held-out images)"))
 
 
 def model_builder(config: StudyConfig, data: StudyData):

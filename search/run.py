@@ -33,6 +33,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI "
                                           "or sqlite:///mlruns/mlflow.db)")
     p.add_argument("--data-dir", help="folder of the study's images (overrides the study file)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override an entry of the study file, e.g. --set data.n_classes=10 "
+                        "--set model.name=small_resnet (repeatable)")
+    p.add_argument("--baselines", metavar="SET",
+                   help="also cross-validate a set of hand-picked recipes ('reference': the five "
+                        "of the reference report), logged as child runs tagged 'baseline'")
+    p.add_argument("--no-report", action="store_true",
+                   help="skip retraining the selected recipe and baselines on the whole training "
+                        "split and scoring the held-out split")
     p.add_argument("--fresh", action="store_true",
                    help="delete the stored study and start over instead of resuming")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -54,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.study, n_trials=args.n_trials, n_folds=args.n_folds, max_epochs=args.max_epochs,
             sampler=args.sampler, pruner=args.pruner, seed=args.seed, storage=args.storage,
             tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
-            timeout=args.timeout, fresh=args.fresh,
+            timeout=args.timeout, fresh=args.fresh, overrides=args.set,
+            baselines=args.baselines, report=not args.no_report,
         )
         from search.driver import run_study  # imports Keras: only once the settings are valid
 

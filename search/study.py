@@ -138,4 +138,6 @@ def quiet_optuna() -> None:
     # Failed trials are reported by our own display (with their reason), not as tracebacks.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # Keras on TensorFlow warns about retracing when each fold builds a fresh model: expected.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

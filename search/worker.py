@@ -85,6 +85,7 @@ class Objective:
         summary = _summary(result)
         for key, value in summary.items():
             trial.set_user_attr(key, value)
+        trial.set_user_attr("best_epochs", [f.best_epoch for f in result.folds])
         self.tracker.log_metrics(run_id, summary)
         if result.stopped:
             self.tracker.finish_trial(run_id, "PRUNED")

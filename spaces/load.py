@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,12 +96,18 @@ def resolve_study(study: str) -> Path:
     )
 
 
-def load_study(study: str | Path) -> StudySpec:
+def load_study(study: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudySpec:
     """Load and check a built-in study by name, or a study file by path.
+
+    Args:
+        study: a built-in study name or a path to a ``.yaml`` study file.
+        overrides: ``section.key=value`` strings (``--set`` on the command line) applied to
+            the file before it is checked, e.g. ``data.n_classes=3`` or
+            ``space.dropout.high=0.4``; values are read as YAML.
 
     Raises:
         LookupError: unknown study name.
-        ValueError, TypeError: a bad entry; the message names the file and the key.
+        ValueError, TypeError: a bad entry or override; the message names the file and the key.
     """
     path = resolve_study(str(study))
     where = str(path if not path.is_relative_to(BUILTIN_DIR) else f"spaces/{path.name}")
@@ -108,7 +115,37 @@ def load_study(study: str | Path) -> StudySpec:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ValueError(f"{where}: not valid YAML: {exc}") from None
+    for override in overrides:
+        raw = apply_override(raw, override, where=where)
     return parse_study(raw, path=path, where=where)
+
+
+def apply_override(raw: Any, override: str, *, where: str = "") -> dict[str, Any]:
+    """Return a copy of the study mapping ``raw`` with one ``a.b.c=value`` override applied.
+
+    Raises:
+        ValueError: no ``=``, or a first part that is not a section of a study file.
+    """
+    prefix = f"{where}: " if where else ""
+    dotted, sep, text = override.partition("=")
+    keys = dotted.strip().split(".")
+    if not sep or not all(keys):
+        raise ValueError(f"{prefix}--set {override!r} is not of the form section.key=value "
+                         f"(e.g. data.n_classes=3).")
+    if keys[0] not in SECTIONS:
+        raise ValueError(f"{prefix}--set {override!r}: unknown section {keys[0]!r}. "
+                         f"Valid sections: {', '.join(SECTIONS)}.")
+    out = copy.deepcopy(raw) if isinstance(raw, dict) else {}
+    node = out
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    try:
+        node[keys[-1]] = yaml.safe_load(text)
+    except yaml.YAMLError:
+        node[keys[-1]] = text
+    return out
 
 
 def parse_study(raw: Any, *, path: Path, where: str) -> StudySpec:

@@ -19,9 +19,11 @@ from trainers.recipe import Recipe
 # punish regularization for its own penalty. Every loss this module reports is the plain
 # cross-entropy, tracked as a metric of this name.
 CROSS_ENTROPY = "cross_entropy"
-# A fold whose best validation loss stays above this fraction of ln(n_classes) never left
-# chance level (DESIGN.md: Adam at 1e-3 holds the reference CNN at ln 25 for every epoch).
-CHANCE_FRACTION = 0.99
+# A fold whose validation loss stays within this fraction of ln(n_classes) at every epoch never
+# left chance level (DESIGN.md: Adam at 1e-3 holds the reference CNN at ln 25 for every epoch).
+# A loss far *above* ln(n_classes) did move: it is a bad score, not a failure, and the sampler
+# should see it.
+CHANCE_TOLERANCE = 0.02
 
 
 @dataclass(frozen=True)
@@ -191,12 +193,16 @@ def cross_validate(
             on_fold(result)
         if reporter.stopped:
             return CVResult(tuple(results), stopped=True)
-        if fail_at_chance and val_losses[best] >= CHANCE_FRACTION * chance:
+        if fail_at_chance and _at_chance(val_losses, chance):
             raise StuckAtChance(
                 f"fold {fold.index}: best val_loss {val_losses[best]:.4f} never left chance "
                 f"level ln({data.n_classes}) = {chance:.4f}"
             )
     return CVResult(tuple(results))
+
+
+def _at_chance(val_losses: Sequence[float], chance: float) -> bool:
+    return max(abs(v - chance) for v in val_losses) <= CHANCE_TOLERANCE * chance
 
 
 class _Reporter(keras.callbacks.Callback):
@@ -252,3 +258,57 @@ class _Reporter(keras.callbacks.Callback):
         if self.on_epoch(metrics):
             self.stopped = True
             self.model.stop_training = True
+
+
+@dataclass(frozen=True)
+class FinalResult:
+    """A recipe retrained on the whole training split and evaluated once on held-out data."""
+
+    epochs: int
+    train_loss: float
+    heldout_loss: float
+    heldout_accuracy: float
+    history: dict[str, list[float]] = field(repr=False)
+
+    @property
+    def generalization_gap(self) -> float:
+        return self.heldout_loss - self.train_loss
+
+
+def train_final(
+    train: Dataset,
+    heldout: Dataset,
+    recipe: Recipe,
+    build: Callable[[Recipe], keras.Model],
+    *,
+    epochs: int,
+    seed: int = 0,
+    class_weight: dict[int, float] | None = None,
+) -> FinalResult:
+    """Train ``recipe`` on all of ``train`` for ``epochs`` epochs, then score ``heldout`` once.
+
+    There is no validation split left to stop on, so the epoch count comes from the
+    cross-validation (the folds' mean best epoch). The held-out loss is recorded after every
+    epoch for the learning curves only; nothing is chosen by it.
+
+    Returns:
+        Training and held-out cross-entropy and accuracy after the last epoch, with curves.
+    """
+    keras.utils.set_random_seed(seed)
+    model = compile_model(build(recipe), recipe)
+    history = model.fit(
+        train.x, train.y,
+        validation_data=(heldout.x, heldout.y),
+        batch_size=recipe.batch_size,
+        epochs=epochs,
+        class_weight=class_weight,
+        verbose=0,
+    ).history
+    history = {k: [float(v) for v in vs] for k, vs in history.items()}
+    return FinalResult(
+        epochs=epochs,
+        train_loss=history[CROSS_ENTROPY][-1],
+        heldout_loss=history[f"val_{CROSS_ENTROPY}"][-1],
+        heldout_accuracy=history["val_accuracy"][-1],
+        history=history,
+    )

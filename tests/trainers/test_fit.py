@@ -164,3 +164,13 @@ def test_cross_validate_raises_stuck_at_chance_when_val_loss_stays_at_ln_k() -> 
     # scale 0 makes the softmax uniform whatever the weights: loss is exactly ln 3
     with pytest.raises(StuckAtChance, match=r"ln\(3\)"):
         cross_validate(data, folds, Recipe(max_epochs=2, batch_size=8), _tiny(scale=0.0))
+
+
+def test_cross_validate_keeps_a_loss_far_above_chance_as_a_score() -> None:
+    """Confident and wrong is a bad recipe, not a failed one: the sampler must see its score."""
+    data = _blobs()
+    folds = stratified_folds(data.y, 2, seed=0)
+    # scaled-up logits and a learning rate too small to move: confident random predictions
+    result = cross_validate(data, folds, Recipe(max_epochs=2, batch_size=8, learning_rate=1e-9),
+                            _tiny(scale=50.0), seed=3)
+    assert result.val_loss > 1.5 * math.log(3)

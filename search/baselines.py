@@ -1,0 +1,96 @@
+"""Run hand-picked baseline recipes through the study's folds, beside the searched trials."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from search.tracking import Tracker
+
+BASELINES_ATTR = "regsearch.baselines"
+# The hand-picked recipes of the reference report (DESIGN.md). Each starts from "no
+# regularization" and the study's fixed settings; patience is the study's default, so the
+# baselines get the same early stopping (best weights restored) as the searched trials. The
+# reference augmentation (flips, brightness 0.4, contrast 0.8-1.2, saturation 0.7-1.3) is our
+# magnitude 1.0, which also adds small rotations, translations and zooms.
+BASELINE_SETS: dict[str, dict[str, dict[str, float]]] = {
+    "reference": {
+        "none": {},
+        "l2": {"l2": 1e-4},
+        "augmentation": {"augment": 1.0},
+        "dropout_0.25": {"dropout": 0.25},
+        "l2_1.5e-4_dropout_0.2": {"l2": 1.5e-4, "dropout": 0.2},
+    },
+}
+_OFF = {"l1": 0.0, "l2": 0.0, "dropout": 0.0, "augment": 0.0}
+
+
+def baseline_recipes(config: Any, set_name: str) -> dict[str, Any]:
+    """Return ``{name: Recipe}`` of a baseline set for this study.
+
+    Raises:
+        ValueError: unknown set name (the message lists the known ones).
+    """
+    from search.worker import make_recipe
+
+    if set_name not in BASELINE_SETS:
+        raise ValueError(f"--baselines {set_name!r} is not known; known sets: "
+                         f"{', '.join(BASELINE_SETS)}.")
+    defaults = config.spec.space.defaults()
+    patience = {"patience": defaults["patience"]} if "patience" in defaults else {}
+    return {name: make_recipe(config, {**_OFF, **patience, **changes})
+            for name, changes in BASELINE_SETS[set_name].items()}
+
+
+def run_baselines(study: Any, config: Any, recipes: dict[str, Any], *, data: Any, folds: Any,
+                  build: Any, tracker: "Tracker", parent_run_id: str, console: Any = None,
+                  class_weight: dict[int, float] | None = None) -> dict[str, dict[str, Any]]:
+    """Cross-validate each baseline once per study (a resumed study skips those already done).
+
+    Each baseline is an MLflow child run tagged ``baseline=<name>`` with the same metrics as a
+    trial; its outcome is kept in the study's user attributes.
+
+    Returns:
+        ``{name: outcome}``; an outcome has the recipe, ``cv_val_loss`` and friends, or
+        ``fail_reason``.
+    """
+    from trainers.fit import TrainingFailed, cross_validate
+
+    done: dict[str, dict[str, Any]] = dict(study.user_attrs.get(BASELINES_ATTR, {}))
+    for name, recipe in recipes.items():
+        if name in done and done[name].get("recipe") == recipe.to_dict():
+            continue
+        run_id = tracker.start_trial(parent_run_id, -1, recipe.to_dict(),
+                                     tags={"baseline": name, "regsearch.role": "baseline"},
+                                     run_name=f"baseline-{name}")
+        outcome: dict[str, Any] = {"recipe": recipe.to_dict(), "mlflow_run_id": run_id}
+        try:
+            result = cross_validate(
+                data, folds, recipe, build, seed=config.seed, class_weight=class_weight,
+                on_fold=lambda f: tracker.log_fold(run_id, f.fold, {
+                    "train_loss": f.history["cross_entropy"],
+                    "val_loss": f.history["val_cross_entropy"],
+                    "val_accuracy": f.history["val_accuracy"]}),
+            )
+        except TrainingFailed as exc:
+            outcome["fail_reason"] = str(exc)
+            tracker.finish_trial(run_id, "FAIL", reason=str(exc))
+        except KeyboardInterrupt:
+            tracker.finish_trial(run_id, "INTERRUPTED", reason="interrupted (Ctrl-C)")
+            raise
+        else:
+            summary = {
+                "cv_val_loss": result.val_loss, "cv_val_loss_std": result.val_loss_std,
+                "cv_val_accuracy": result.val_accuracy, "cv_train_loss": result.train_loss,
+                "generalization_gap": result.generalization_gap,
+            }
+            outcome.update(summary, best_epochs=[f.best_epoch for f in result.folds])
+            tracker.log_metrics(run_id, summary)
+            tracker.finish_trial(run_id, "COMPLETE")
+        done[name] = outcome
+        study.set_user_attr(BASELINES_ATTR, done)
+        if console is not None:
+            shown = (f"cv val_loss {outcome['cv_val_loss']:.4f}" if "cv_val_loss" in outcome
+                     else f"failed ({outcome['fail_reason']})")
+            console.print(f"baseline {name}: {shown}", highlight=False)
+    return {name: done[name] for name in recipes}
