@@ -52,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     # TensorFlow prints C++ start-up notices unless told before its first import.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # TensorFlow 2.21's oneDNN CPU kernels segfault on the small ResNet (strided 1x1
+    # convolution + batch norm); the plain kernels are correct.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     from rich.console import Console
 
     from search.config import build_config

@@ -2,9 +2,9 @@
 
 Keras 3.15's RandomRotation/RandomTranslation/RandomZoom set ``supports_jit = False``, which turns
 XLA off for the whole model (see DESIGN.md). `RandomAugment` does flips, rotation, translation and
-zoom as one random affine matrix per image through ``keras.ops.image.affine_transform``, and
-brightness, contrast and saturation with plain ``keras.ops``, so a model containing it stays
-jit-compiled on every backend.
+zoom as one random affine matrix per image, resampled bilinearly with reflected borders by plain
+``keras.ops`` gathers, and brightness, contrast and saturation with ``keras.ops`` too, so a model
+containing it stays jit-compiled on every backend.
 """
 
 from __future__ import annotations
@@ -16,10 +16,6 @@ from typing import Any, Mapping
 
 import keras
 from keras import ops
-
-# "reflect" is the one non-trivial fill mode that every backend's affine_transform accepts
-# (TensorFlow lacks "mirror"); it avoids the black borders "constant" would teach the model.
-_FILL_MODE = "reflect"
 
 
 @dataclass(frozen=True)
@@ -62,7 +58,8 @@ class AugmentPreset:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(
-                    f"AugmentPreset: {name!r} must be a float; got {type(value).__name__} {value!r}."
+                    f"AugmentPreset: {name!r} must be a float; "
+                    f"got {type(value).__name__} {value!r}."
                 )
             if not 0.0 <= value <= high:
                 raise ValueError(
@@ -122,7 +119,8 @@ def get_preset(preset: str | AugmentPreset | Mapping[str, float]) -> AugmentPres
         unknown = sorted(set(preset) - known)
         if unknown:
             raise ValueError(
-                f"AugmentPreset: unknown key {unknown[0]!r}. Valid keys: {', '.join(sorted(known))}."
+                f"AugmentPreset: unknown key {unknown[0]!r}. "
+                f"Valid keys: {', '.join(sorted(known))}."
             )
         return AugmentPreset(**dict(preset))
     raise TypeError(
@@ -181,8 +179,8 @@ class RandomAugment(keras.layers.Layer):
             trainable=False,
             dtype="float32",
         )
-        # Everything below is keras.ops / keras.random / ops.image.affine_transform, all of which
-        # trace under XLA on TensorFlow and JAX (checked by tests/trainers/test_augment.py).
+        # Everything below is keras.ops and keras.random, which trace under XLA on TensorFlow and
+        # JAX (a jit-compiled fit is in tests/trainers/test_augment.py).
         self.supports_jit = True
         self.built = True
 
@@ -190,74 +188,67 @@ class RandomAugment(keras.layers.Layer):
         if training is not True:
             return inputs
         images = ops.cast(inputs, self.compute_dtype)
-        magnitude = ops.cast(self.magnitude, self.compute_dtype)
-        augmented = self._augment(images, magnitude)
-        # Guarantees exact identity at magnitude 0 on every backend, whatever interpolation and
+        if None in images.shape[1:]:
+            raise ValueError(
+                "RandomAugment: height, width and channels must be known when the model is "
+                f"built; got input shape {images.shape}. Give keras.Input a full image shape."
+            )
+        augmented = self._augment(images)
+        # Guarantees exact identity at magnitude 0 on every backend, whatever resampling and
         # clipping do to the last bit; costs one elementwise select.
-        return ops.where(magnitude > 0, augmented, images)
+        return ops.where(self.magnitude > 0, augmented, images)
 
-    def _augment(self, images, magnitude):
+    def _augment(self, images):
         preset = self.preset
-        shape = ops.shape(images)
-        batch, height, width, channels = shape[0], shape[1], shape[2], images.shape[-1]
-        # One draw per image for every parameter; column k feeds parameter k below.
+        magnitude = ops.convert_to_tensor(self.magnitude)
+        # One float32 draw per image for every parameter; columns 0-5 feed the affine matrix.
         noise = keras.random.uniform(
-            (batch, 9), minval=-1.0, maxval=1.0, dtype=self.compute_dtype, seed=self.seed_generator
+            (ops.shape(images)[0], 9), minval=-1.0, maxval=1.0, seed=self.seed_generator
         )
+
+        def per_image(column, strength):
+            """Column of noise times strength * magnitude, shaped to broadcast over pixels."""
+            value = noise[:, column] * (strength * magnitude)
+            return ops.reshape(ops.cast(value, images.dtype), (-1, 1, 1, 1))
+
         if preset.has_geometric:
-            images = self._affine(images, noise[:, :6], magnitude, height, width)
-        per_image = (-1, 1, 1, 1)
+            images = self._affine(images, noise, magnitude)
         if preset.brightness:
-            delta = ops.reshape(noise[:, 6] * (preset.brightness * magnitude), per_image)
-            images = images + delta
+            images = images + per_image(6, preset.brightness)
         if preset.contrast:
-            # Written as x + (f - 1) * (x - mean) so that f == 1 leaves x bit-exact.
-            factor = ops.reshape(noise[:, 7] * (preset.contrast * magnitude), per_image)
+            # x + (f - 1) * (x - mean), not f * (x - mean) + mean: f == 1 leaves x bit-exact.
             mean = ops.mean(images, axis=(1, 2), keepdims=True)
-            images = images + factor * (images - mean)
-        if preset.saturation and channels == 3:
+            images = images + per_image(7, preset.contrast) * (images - mean)
+        if preset.saturation and images.shape[-1] == 3:
             # Blend with the luminance image (as torchvision does) instead of a trip through HSV.
-            factor = ops.reshape(noise[:, 8] * (preset.saturation * magnitude), per_image)
             weights = ops.convert_to_tensor([0.299, 0.587, 0.114], dtype=images.dtype)
             gray = ops.sum(images * weights, axis=-1, keepdims=True)
-            images = images + factor * (images - gray)
+            images = images + per_image(8, preset.saturation) * (images - gray)
         return ops.clip(images, 0.0, 1.0)
 
-    def _affine(self, images, noise, magnitude, height, width):
+    def _affine(self, images, noise, magnitude):
         """Apply one random flip/rotation/translation/zoom matrix per image."""
         preset = self.preset
-        dtype = self.compute_dtype
+        height, width = images.shape[1], images.shape[2]
         one = ops.ones_like(noise[:, 0])
-        # Flips: the uniform noise in [-1, 1] maps to [0, 1], flipped with probability p.
-        flip_x = ops.where((noise[:, 0] + 1.0) / 2.0 < preset.horizontal_flip * magnitude, -one, one)
-        flip_y = ops.where((noise[:, 1] + 1.0) / 2.0 < preset.vertical_flip * magnitude, -one, one)
+        # Noise is uniform in [-1, 1), so noise < 2q - 1 has probability q = p * magnitude.
+        flip_x = ops.where(noise[:, 0] < 2.0 * preset.horizontal_flip * magnitude - 1.0, -one, one)
+        flip_y = ops.where(noise[:, 1] < 2.0 * preset.vertical_flip * magnitude - 1.0, -one, one)
         angle = noise[:, 2] * (math.radians(preset.rotation) * magnitude)
-        # The matrix maps output to input coordinates: scale < 1 samples a smaller patch (zoom in).
+        # The matrix maps output to input points: scale < 1 samples a smaller patch (zoom in).
         scale = 1.0 + noise[:, 3] * (preset.zoom * magnitude)
-        shift = noise[:, 4:6] * (preset.translation * magnitude)
-        height_f = ops.cast(height, dtype)
-        width_f = ops.cast(width, dtype)
-        shift_x = shift[:, 0] * width_f
-        shift_y = shift[:, 1] * height_f
+        shift_x = noise[:, 4] * (preset.translation * magnitude * width)
+        shift_y = noise[:, 5] * (preset.translation * magnitude * height)
         cos = ops.cos(angle) * scale
         sin = ops.sin(angle) * scale
         a0, a1 = cos * flip_x, -sin * flip_y
         b0, b1 = sin * flip_x, cos * flip_y
-        center_x = (width_f - 1.0) / 2.0
-        center_y = (height_f - 1.0) / 2.0
-        # Rotate/scale/flip about the image centre, then shift; identity parameters give
+        # Flip, rotate and scale about the image centre, then shift; the identity gives
         # a2 = b2 = 0 exactly.
+        center_x, center_y = (width - 1) / 2.0, (height - 1) / 2.0
         a2 = center_x - a0 * center_x - a1 * center_y - shift_x
         b2 = center_y - b0 * center_x - b1 * center_y - shift_y
-        zero = ops.zeros_like(a0)
-        transform = ops.stack([a0, a1, a2, b0, b1, b2, zero, zero], axis=1)
-        return ops.image.affine_transform(
-            images,
-            ops.cast(transform, "float32"),
-            interpolation="bilinear",
-            fill_mode=_FILL_MODE,
-            data_format="channels_last",
-        )
+        return _sample(images, (a0, a1, a2, b0, b1, b2))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -272,3 +263,55 @@ class RandomAugment(keras.layers.Layer):
             }
         )
         return config
+
+
+def _reflect(coordinate, size: int):
+    """Fold a pixel coordinate into [-0.5, size - 0.5] by mirroring at the outer pixel edges.
+
+    The same rule as affine_transform's fill_mode "reflect" (d c b a | a b c d | d c b a).
+    """
+    period = 2.0 * size
+    coordinate = ops.mod(coordinate + 0.5, period)
+    coordinate = ops.where(coordinate >= size, period - coordinate, coordinate)
+    return coordinate - 0.5
+
+
+def _sample(images, matrix):
+    """Bilinearly resample each image at ``(a0 x + a1 y + a2, b0 x + b1 y + b2)``.
+
+    ``keras.ops.image.affine_transform`` does this too, but on TensorFlow it lowers to
+    ImageProjectiveTransformV3, which has no XLA kernel, so a jit-compiled ``fit`` fails. Four
+    gathers written in keras.ops trace under XLA on every backend.
+
+    Args:
+        images: ``(batch, height, width, channels)`` with static height, width and channels.
+        matrix: six ``(batch,)`` tensors a0, a1, a2, b0, b1, b2 mapping output pixel (x, y) to
+            the input point it samples.
+    """
+    height, width, channels = images.shape[1], images.shape[2], images.shape[3]
+    batch = ops.shape(images)[0]
+    a0, a1, a2, b0, b1, b2 = (ops.reshape(ops.cast(m, "float32"), (-1, 1, 1)) for m in matrix)
+    rows, cols = ops.meshgrid(
+        ops.arange(height, dtype="float32"), ops.arange(width, dtype="float32"), indexing="ij"
+    )
+    x = _reflect(a0 * cols + a1 * rows + a2, width)
+    y = _reflect(b0 * cols + b1 * rows + b2, height)
+    x0 = ops.floor(x)
+    y0 = ops.floor(y)
+    wx = ops.expand_dims(ops.cast(x - x0, images.dtype), -1)
+    wy = ops.expand_dims(ops.cast(y - y0, images.dtype), -1)
+
+    def index(value, size):
+        return ops.cast(ops.clip(value, 0, size - 1), "int32")
+
+    x0, x1 = index(x0, width), index(x0 + 1.0, width)
+    y0, y1 = index(y0, height), index(y0 + 1.0, height)
+    pixels = ops.reshape(images, (-1, channels))
+    offset = ops.reshape(ops.arange(batch, dtype="int32") * (height * width), (-1, 1, 1))
+
+    def gather(row, col):
+        return ops.take(pixels, offset + row * width + col, axis=0)
+
+    top = gather(y0, x0) + wx * (gather(y0, x1) - gather(y0, x0))
+    bottom = gather(y1, x0) + wx * (gather(y1, x1) - gather(y1, x0))
+    return top + wy * (bottom - top)
