@@ -84,7 +84,9 @@ def run_baselines(study: Any, config: Any, recipes: dict[str, Any], *, data: Any
                 "cv_val_accuracy": result.val_accuracy, "cv_train_loss": result.train_loss,
                 "generalization_gap": result.generalization_gap,
             }
-            outcome.update(summary, best_epochs=[f.best_epoch for f in result.folds])
+            outcome.update(summary, best_epochs=[f.best_epoch for f in result.folds],
+                           epochs_trained=sum(f.n_epochs for f in result.folds),
+                           fit_seconds=result.fit_seconds)
             tracker.log_metrics(run_id, summary)
             tracker.finish_trial(run_id, "COMPLETE")
         done[name] = outcome

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import tempfile
@@ -95,10 +94,10 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
         except KeyboardInterrupt:
             interrupted = True
     bars = StudyProgress(config.name, config.n_trials, counts, _best_value(study), console=console,
-                         n_folds=config.n_folds, max_epochs=config.max_epochs) if progress else None
+                         n_folds=config.n_folds, max_epochs=config.max_epochs, bars=progress)
     objective = Objective(config, data.train, folds, build, tracker, parent, progress=bars,
                           class_weight=weights)
-    with bars or contextlib.nullcontext():
+    with bars:
         try:
             if not interrupted:
                 run_trials(study, objective, n_trials=config.n_trials, timeout=config.timeout)

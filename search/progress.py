@@ -16,12 +16,13 @@ class StudyProgress:
     """Two bars: the study's trial budget, and the folds and epochs of the running trial.
 
     Use as a context manager around the trial loop. On a terminal the bars redraw in place;
-    elsewhere (CI, a log file) rich prints nothing until the end, and each finished trial is
-    printed as one line.
+    elsewhere (CI, a log file) rich prints nothing until the end. Each finished trial is
+    printed as one line, also with ``bars=False``.
     """
 
     def __init__(self, study_name: str, n_trials: int, counts: dict[str, int], best: float | None,
-                 *, console: Console | None = None, n_folds: int = 1, max_epochs: int = 1) -> None:
+                 *, console: Console | None = None, n_folds: int = 1, max_epochs: int = 1,
+                 bars: bool = True) -> None:
         self.console = console or Console(stderr=True)
         self.n_folds, self.max_epochs = n_folds, max_epochs
         self.counts = dict(counts)
@@ -35,6 +36,7 @@ class StudyProgress:
             TimeElapsedColumn(),
             console=self.console,
             transient=False,
+            disable=not bars,
         )
         done = counts["complete"] + counts["pruned"] + counts["failed"]
         self._study = self._progress.add_task(study_name, total=n_trials, completed=done,
