@@ -52,6 +52,10 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
     data = load_data(config.spec.data, where=where, seed=config.seed, data_dir=data_dir,
                      progress=progress)
     study = open_study(config)
+    if isinstance(study._storage, optuna.storages.RDBStorage):
+        # A worker killed earlier leaves its trial RUNNING; past the heartbeat grace period
+        # it is marked failed (and retried) now rather than at the next trial start.
+        optuna.storages.fail_stale_trials(study)
     study.set_user_attr(DATA_ATTR, {**data.describe(), "augment_preset": data.augment_preset})
     import keras
 
