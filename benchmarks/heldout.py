@@ -76,15 +76,18 @@ def report(args: argparse.Namespace) -> None:
     from search.report import HELDOUT_ATTR
 
     start = time.perf_counter()
-    # Resuming with the baselines set runs any baseline the search phase did not finish; the
-    # budget is spent, so no new trial starts and the held-out report follows.
-    proc = subprocess.run(_run_args(args) + ["--baselines", "reference"], capture_output=True,
-                          text=True)
-    report_wall = time.perf_counter() - start
-    print(proc.stdout[-4000:], proc.stderr[-4000:])
+    if not args.summarize_only:
+        # Resuming with the baselines set runs any baseline the search phase did not finish;
+        # the budget is spent, so no new trial starts and the held-out report follows.
+        proc = subprocess.run(_run_args(args) + ["--baselines", "reference"],
+                              capture_output=True, text=True)
+        print(proc.stdout[-4000:], proc.stderr[-4000:])
+    report_wall = args.report_seconds or time.perf_counter() - start
     storage = f"sqlite:///{args.root}/optuna.db"
     study = optuna.load_study(study_name=args.study, storage=storage)
-    phase = json.loads((Path(args.root) / "search_phase.json").read_text())
+    phase_file = Path(args.root) / "search_phase.json"
+    phase = (json.loads(phase_file.read_text()) if phase_file.exists()
+             else {"wall_seconds": float("nan"), "workers": args.workers})
     trials = study.get_trials(deepcopy=False)
     baselines = study.user_attrs.get(BASELINES_ATTR, {})
     heldout = study.user_attrs.get(HELDOUT_ATTR, {})
@@ -123,7 +126,7 @@ def report(args: argparse.Namespace) -> None:
         "images_trained": epochs * fold_images, "fit_seconds": fit_seconds,
         "images_per_second_aggregate": epochs * fold_images / phase["wall_seconds"],
         "images_per_second_inside_fit": epochs * fold_images / fit_seconds if fit_seconds else None,
-        "machine": machine(),
+        "machine": json.loads(Path(args.machine).read_text()) if args.machine else machine(),
     }
     lines = [f"# Held-out report: `{args.study}`, {args.folds} folds, {args.epochs} epochs at most",
              "", f"Search: {args.trials} trials budget ({result['trials']}), {phase['workers']} "
@@ -158,6 +161,10 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=25)
     p.add_argument("--timeout", type=float, default=420)
     p.add_argument("--set", action="append", default=[])
+    p.add_argument("--summarize-only", action="store_true",
+                   help="report: only summarize the stores (figures measured elsewhere)")
+    p.add_argument("--report-seconds", type=float, help="report: wall time measured elsewhere")
+    p.add_argument("--machine", help="report: JSON file describing the machine that measured")
     args = p.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     (search if args.phase == "search" else report)(args)
