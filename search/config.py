@@ -11,6 +11,7 @@ from spaces import StudySpec, check_choice, check_float, check_int, load_study
 from spaces.load import PRUNERS, SAMPLERS
 
 DEFAULT_ROOT = Path("mlruns")
+PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class StudyConfig:
     enqueue_defaults: bool = True
     baselines: str | None = None
     report: bool = True
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         check_int("--trials", self.n_trials, low=1)
@@ -52,6 +54,7 @@ class StudyConfig:
         check_choice("--sampler", self.sampler, SAMPLERS)
         check_choice("--pruner", self.pruner, PRUNERS)
         check_int("--seed", self.seed, low=0)
+        check_choice("--precision", self.precision, PRECISIONS)
         if self.baselines is not None:
             from search.baselines import BASELINE_SETS
 
@@ -105,6 +108,7 @@ def build_config(
     overrides: tuple[str, ...] | list[str] = (),
     baselines: str | None = None,
     report: bool = True,
+    precision: str = "float32",
 ) -> StudyConfig:
     """Load a study file and apply overrides (None keeps the file's value).
 
@@ -133,4 +137,5 @@ def build_config(
         enqueue_defaults=s.enqueue_defaults,
         baselines=baselines,
         report=report,
+        precision=precision,
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import math
+import socket
+import time
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ from search.recipe_file import BACKEND_ATTR, DATA_ATTR, RECIPE_ATTR, recipe_docu
 from search.redact import redact_url
 from search.study import PARENT_RUN_ATTR, count_trials, open_study, quiet_optuna
 from search.tracking import Tracker
-from search.worker import Objective, make_recipe, run_trials
+from search.worker import Objective, announce, make_recipe, run_trials
 
 
 @dataclass(frozen=True)
@@ -34,41 +36,33 @@ class StudyOutcome:
     interrupted: bool
 
 
-def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: str | None = None,
-              progress: bool = True) -> StudyOutcome:
-    """Run (or resume) the study of ``config`` until its trial budget or timeout is reached.
+@dataclass
+class _Session:
+    """What every process of a study shares: the data, the Optuna study, the MLflow parent."""
 
-    Creates the MLflow experiment and parent run before any trial, trains trials in this
-    process, then logs counts, the best recipe and plots on the parent run and prints the
-    best trials. Ctrl-C ends the current trial cleanly (FAIL in Optuna, KILLED in MLflow) and
-    still records the outcome; running the same command again resumes.
+    data: StudyData
+    study: optuna.Study
+    tracker: Tracker
+    parent: str
+    build: Any
+    folds: list
+    weights: dict[int, float] | None
 
-    Raises:
-        ValueError, TypeError, FileNotFoundError: bad settings or missing data, before any trial.
-    """
-    console = console or Console(stderr=True)
+
+def _open_session(config: StudyConfig, *, data_dir: str | None, progress: bool,
+                  worker: int = 0) -> _Session:
     quiet_optuna()
-    where = str(config.spec.path)
-    data = load_data(config.spec.data, where=where, seed=config.seed, data_dir=data_dir,
-                     progress=progress)
-    study = open_study(config)
-    if isinstance(study._storage, optuna.storages.RDBStorage):
-        # A worker killed earlier leaves its trial RUNNING; past the heartbeat grace period
-        # it is marked failed (and retried) now rather than at the next trial start.
-        optuna.storages.fail_stale_trials(study)
+    _set_precision(config.precision)
+    data = load_data(config.spec.data, where=str(config.spec.path), seed=config.seed,
+                     data_dir=data_dir, progress=progress)
+    study = open_study(config, worker=worker, create=worker == 0)
+    tracker = Tracker(config.tracking_uri)
+    _fail_stale(study, tracker)
+    parent = _agree_on_parent(study, config, tracker)
     study.set_user_attr(DATA_ATTR, {**data.describe(), "augment_preset": data.augment_preset})
     import keras
 
     study.set_user_attr(BACKEND_ATTR, keras.backend.backend())
-    tracker = Tracker(config.tracking_uri)
-    parent = tracker.open_parent(
-        config.name, config.settings(), run_id=study.user_attrs.get(PARENT_RUN_ATTR),
-        tags={"optuna.storage": redact_url(config.storage), "sampler": config.sampler,
-              "pruner": config.pruner},
-    )
-    study.set_user_attr(PARENT_RUN_ATTR, parent)
-    tracker.log_dict(parent, config.spec.space.to_dict(), "space.json")
-
     build = model_builder(config, data)
     build(make_recipe(config, config.spec.space.defaults()))  # bad model options fail here, once
 
@@ -77,13 +71,90 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
 
     folds = stratified_folds(data.train.y, config.n_folds, config.seed)
     weights = class_weights(data.train.y, data.train.n_classes) if data.class_weights else None
-    counts = count_trials(study)
+    return _Session(data, study, tracker, parent, build, folds, weights)
+
+
+def _set_precision(precision: str) -> None:
+    if precision == "bfloat16":
+        import keras
+
+        # bfloat16 compute, float32 weights; every model's softmax layer stays float32
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+
+
+def _fail_stale(study: optuna.Study, tracker: Tracker) -> None:
+    """Fail trials whose worker stopped sending heartbeats, and close their MLflow runs."""
+    if not isinstance(study._storage, optuna.storages.RDBStorage):
+        return
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    if not running:
+        return
+    optuna.storages.fail_stale_trials(study)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if trial.number in running and "mlflow_run_id" in trial.user_attrs:
+            tracker.finish_trial(trial.user_attrs["mlflow_run_id"], "FAIL",
+                                 reason="worker stopped sending heartbeats")
+
+
+def _agree_on_parent(study: optuna.Study, config: StudyConfig, tracker: Tracker) -> str:
+    """Return the study's MLflow parent run, creating it once even when workers start together.
+
+    Two workers on different hosts may both find no parent and create one. Each records its
+    own, waits, and reads back which was recorded last; the loser deletes its run and joins.
+    """
+    tags = {"optuna.storage": redact_url(config.storage), "sampler": config.sampler,
+            "pruner": config.pruner, "precision": config.precision}
+    known = study.user_attrs.get(PARENT_RUN_ATTR)
+    parent = tracker.open_parent(config.name, config.settings(), run_id=known, tags=tags)
+    if parent != known:
+        study.set_user_attr(PARENT_RUN_ATTR, parent)
+        tracker.log_dict(parent, config.spec.space.to_dict(), "space.json")
+        time.sleep(_AGREE_SECONDS)
+        winner = study.user_attrs.get(PARENT_RUN_ATTR)
+        if winner != parent:
+            tracker.finish_parent(parent, status="KILLED")
+            tracker.client.delete_run(parent)
+            parent = tracker.open_parent(config.name, config.settings(), run_id=winner, tags=tags)
+    return parent
+
+
+_AGREE_SECONDS = 1.0
+
+
+def _header(config: StudyConfig, session: _Session, console: Console, n_workers: int) -> None:
+    data = session.data
     console.print(
         f"study [bold]{config.name}[/]: {len(data.train)} images, {data.train.n_classes} classes, "
-        f"{config.n_folds} folds x {config.max_epochs} epochs; storage "
+        f"{config.n_folds} folds x {config.max_epochs} epochs, {n_workers} worker(s); storage "
         f"{redact_url(config.storage)}; MLflow {redact_url(config.tracking_uri)}",
         highlight=False,
     )
+
+
+def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: str | None = None,
+              progress: bool = True, plan: Any = None, worker_argv: list[str] | None = None,
+              ) -> StudyOutcome:
+    """Run (or resume) the study of ``config`` until its trial budget or timeout is reached.
+
+    Creates the MLflow experiment and parent run before any trial, runs the baselines if asked,
+    trains trials (in this process, or in one worker process per slot of ``plan``), then logs
+    counts, the best recipe and plots on the parent run, prints the best trials, and writes the
+    held-out report when the data has a held-out split. Ctrl-C ends the current trial cleanly
+    (FAIL in Optuna, KILLED in MLflow) and still records the outcome; running the same command
+    again resumes.
+
+    Args:
+        plan: a `search.launch.WorkerPlan`; with more than one worker, ``worker_argv`` (the
+            command line's arguments) starts each worker.
+
+    Raises:
+        ValueError, TypeError, FileNotFoundError: bad settings or missing data, before any trial.
+    """
+    console = console or Console(stderr=True)
+    session = _open_session(config, data_dir=data_dir, progress=progress)
+    study, tracker, parent = session.study, session.tracker, session.parent
+    n_workers = plan.n_workers if plan is not None else 1
+    _header(config, session, console, n_workers)
     interrupted = False
     baselines: dict[str, dict[str, Any]] = {}
     if config.baselines:
@@ -91,27 +162,34 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
 
         try:
             baselines = run_baselines(
-                study, config, baseline_recipes(config, config.baselines), data=data.train,
-                folds=folds, build=build, tracker=tracker, parent_run_id=parent,
-                console=console, class_weight=weights,
+                study, config, baseline_recipes(config, config.baselines),
+                data=session.data.train, folds=session.folds, build=session.build,
+                tracker=tracker, parent_run_id=parent, console=console,
+                class_weight=session.weights,
             )
         except KeyboardInterrupt:
             interrupted = True
-    bars = StudyProgress(config.name, config.n_trials, counts, _best_value(study), console=console,
-                         n_folds=config.n_folds, max_epochs=config.max_epochs, bars=progress)
-    objective = Objective(config, data.train, folds, build, tracker, parent, progress=bars,
-                          class_weight=weights)
+    bars = StudyProgress(config.name, config.n_trials, count_trials(study), _best_value(study),
+                         console=console, n_folds=config.n_folds, max_epochs=config.max_epochs,
+                         bars=progress)
     with bars:
-        try:
-            if not interrupted:
+        if interrupted:
+            pass
+        elif n_workers > 1:
+            interrupted = _run_workers(study, tracker, plan, worker_argv or [], bars, console)
+        else:
+            objective = Objective(config, session.data.train, session.folds, session.build,
+                                  tracker, parent, progress=bars, class_weight=session.weights)
+            try:
                 run_trials(study, objective, n_trials=config.n_trials, timeout=config.timeout)
-        except KeyboardInterrupt:
-            interrupted = True
+            except KeyboardInterrupt:
+                interrupted = True
     counts = count_trials(study)
     print_best(study, config, console)
-    if not interrupted and config.report and data.heldout is not None:
+    if not interrupted and config.report and session.data.heldout is not None:
         try:
-            _report(study, config, data, build, tracker, parent, baselines, console, weights)
+            _report(study, config, session.data, session.build, tracker, parent, baselines,
+                    console, session.weights)
         except KeyboardInterrupt:
             interrupted = True
     finish_parent(study, config, tracker, parent, interrupted=interrupted)
@@ -119,6 +197,57 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
         console.print("interrupted: the current trial is marked failed; rerun the same command "
                       "to resume.")
     return StudyOutcome(study, parent, counts, interrupted)
+
+
+def run_worker(config: StudyConfig, *, worker_index: int, data_dir: str | None = None) -> int:
+    """Run trials of an already prepared study in this process (one worker of `run_study`).
+
+    Returns:
+        The exit code: 0, or 130 when interrupted.
+    """
+    console = Console(stderr=True, width=140)
+    # each worker's sampler gets its own seed, or all would propose the same recipes
+    session = _open_session(config, data_dir=data_dir, progress=False, worker=worker_index)
+    reporter = StudyProgress(config.name, config.n_trials, count_trials(session.study),
+                             _best_value(session.study), console=console,
+                             n_folds=config.n_folds, max_epochs=config.max_epochs, bars=False)
+    objective = Objective(config, session.data.train, session.folds, session.build,
+                          session.tracker, session.parent, progress=reporter,
+                          class_weight=session.weights)
+    try:
+        run_trials(session.study, objective, n_trials=config.n_trials, timeout=config.timeout)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _run_workers(study: optuna.Study, tracker: Tracker, plan: Any, argv: list[str],
+                 bars: StudyProgress, console: Console) -> bool:
+    """Start the plan's workers, show their progress from the storage, clean up dead ones."""
+    from search.launch import fail_trials_of, start_workers, supervise
+
+    log_dir = Path("mlruns") / "logs" / study.study_name
+    procs = start_workers(argv, plan, log_dir)
+    console.print(f"started {len(procs)} workers; their logs: {log_dir}/worker-<i>.log",
+                  highlight=False)
+    seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+
+    def tick() -> None:
+        for trial in study.get_trials(deepcopy=False):
+            if trial.state.is_finished() and trial.number not in seen:
+                seen.add(trial.number)
+                announce(bars, trial)
+
+    def died(proc: Any) -> None:
+        worker = f"{socket.gethostname()}:{proc.pid}"
+        reason = f"worker {worker} exited with code {proc.returncode}"
+        failed = fail_trials_of(study, worker, reason, on_failed=lambda t: tracker.finish_trial(
+            t.user_attrs["mlflow_run_id"], "FAIL", reason=reason)
+            if "mlflow_run_id" in t.user_attrs else None)
+        console.print(f"{reason}; its trial(s) {failed or 'none'} marked failed and queued "
+                      f"again; the other workers go on", highlight=False)
+
+    return supervise(procs, on_tick=tick, on_death=died)
 
 
 def _report(study, config, data, build, tracker, parent, baselines, console, weights) -> None:  # noqa: ANN001

@@ -10,6 +10,9 @@ from typing import Sequence
 from spaces import PRUNERS, SAMPLERS, builtin_studies
 
 EXIT_USAGE = 2
+BACKENDS = ("jax", "tensorflow", "torch")
+# Options that only the launching process acts on; its workers get the rest.
+_LAUNCHER_ONLY = {"--fresh": 0, "--baselines": 1, "--gpus": 1, "--workers-per-gpu": 1}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -45,11 +48,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true",
                    help="delete the stored study and start over instead of resuming")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--gpus", help="GPU indices to use, e.g. 0,1 (default: every visible GPU; "
+                                  "a CPU-only machine runs one worker)")
+    p.add_argument("--workers-per-gpu", type=int, default=1,
+                   help="worker processes sharing each GPU (default: 1)")
+    p.add_argument("--backend", choices=BACKENDS,
+                   help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                   help="bfloat16: mixed precision (bfloat16 compute, float32 weights)")
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the launcher
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
+    if args.backend:
+        os.environ["KERAS_BACKEND"] = args.backend  # before anything imports Keras
     # TensorFlow prints C++ start-up notices unless told before its first import.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # TensorFlow 2.21's oneDNN CPU kernels segfault on the small ResNet (strided 1x1
@@ -62,21 +77,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Off a terminal (CI, a log file) rich would wrap tables at 80 columns.
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
     try:
+        from search.launch import plan_workers
+
+        plan = plan_workers(args.gpus, args.workers_per_gpu) if args.worker_index is None else None
+        if plan is not None and plan.n_workers > 1:
+            # this process loads data and may run baselines beside its workers on the GPUs:
+            # it must not take their memory
+            os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+            os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+        elif plan is not None and len(plan.gpus) == 1:
+            os.environ.setdefault("CUDA_VISIBLE_DEVICES", plan.gpus[0])
         config = build_config(
             args.study, n_trials=args.n_trials, n_folds=args.n_folds, max_epochs=args.max_epochs,
             sampler=args.sampler, pruner=args.pruner, seed=args.seed, storage=args.storage,
             tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
             timeout=args.timeout, fresh=args.fresh, overrides=args.set,
-            baselines=args.baselines, report=not args.no_report,
+            baselines=args.baselines, report=not args.no_report, precision=args.precision,
         )
-        from search.driver import run_study  # imports Keras: only once the settings are valid
+        from search.driver import run_study, run_worker  # imports Keras: settings are valid
 
+        if args.worker_index is not None:
+            return run_worker(config, worker_index=args.worker_index, data_dir=args.data_dir)
         outcome = run_study(config, console=console, data_dir=args.data_dir,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, plan=plan,
+                            worker_argv=_worker_argv(argv))
     except (LookupError, ValueError, TypeError, FileNotFoundError) as exc:
         print(f"error: {_message(exc)}", file=sys.stderr)
         return EXIT_USAGE
     return 130 if outcome.interrupted else 0
+
+
+def _worker_argv(argv: list[str]) -> list[str]:
+    """The command line minus what only the launcher does (fresh start, baselines, GPU plan)."""
+    out, skip = [], 0
+    for arg in argv:
+        if skip:
+            skip -= 1
+            continue
+        name = arg.split("=", 1)[0]
+        if name in _LAUNCHER_ONLY:
+            skip = _LAUNCHER_ONLY[name] if "=" not in arg else 0
+            continue
+        out.append(arg)
+    return out + ["--no-progress"]
 
 
 def _message(exc: BaseException) -> str:

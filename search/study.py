@@ -33,14 +33,43 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
+        return retry_schema_race(lambda: optuna.storages.RDBStorage(
             url,
             heartbeat_interval=60,
             grace_period=180,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
                 max_retry=1
             ),
-        )
+        ))
+
+
+def retry_schema_race(make, attempts: int = 6):
+    """Call ``make()``, retrying while another process creates the same database schema.
+
+    Workers started together on an empty database all try to create the tables; all but one
+    fail with a duplicate-key error (PostgreSQL: ``pg_type_typname_nsp_index``). The schema
+    exists once the winner commits, so a retry finds it.
+    """
+    import random
+    import time
+
+    for attempt in range(attempts):
+        try:
+            return make()
+        except Exception as exc:  # noqa: BLE001 (filtered below)
+            if attempt == attempts - 1 or not _is_schema_race(exc):
+                raise
+            time.sleep(0.5 + random.random() * (attempt + 1))
+
+
+def _is_schema_race(exc: BaseException) -> bool:
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    if isinstance(exc, (IntegrityError, ProgrammingError)):
+        return True
+    text = str(exc)
+    # SQLite says "table ... already exists" (OperationalError); MLflow wraps its migrations
+    return "already exists" in text or "out-of-date database schema" in text
 
 
 def make_sampler(config: StudyConfig, worker: int = 0) -> optuna.samplers.BaseSampler:
@@ -100,7 +129,9 @@ def open_study(config: StudyConfig, *, worker: int = 0, create: bool = True) -> 
         study.set_user_attr(SETTINGS_ATTR, settings)
         if config.enqueue_defaults and not study.trials:
             # The study file's defaults go first: a known-reasonable point for the sampler.
-            study.enqueue_trial(default_params(config.spec.space), user_attrs={"enqueued": "defaults"})
+            # skip_if_exists: workers starting together enqueue it once
+            study.enqueue_trial(default_params(config.spec.space),
+                                user_attrs={"enqueued": "defaults"}, skip_if_exists=True)
     elif stored is not None and stored != settings:
         changed = sorted(k for k in settings if stored.get(k) != settings[k])
         raise ValueError(

@@ -54,7 +54,9 @@ class Tracker:
             db = Path(tracking_uri.removeprefix("sqlite:///"))
             db.parent.mkdir(parents=True, exist_ok=True)
             self.artifact_root = (db.parent / "artifacts").resolve().as_uri()
-        self.client = MlflowClient(tracking_uri)
+        from search.study import retry_schema_race
+
+        self.client = retry_schema_race(lambda: MlflowClient(tracking_uri))
 
     def experiment_id(self, name: str) -> str:
         """Return the id of experiment ``name``, creating it (and restoring it if deleted)."""

@@ -10,6 +10,7 @@ from typing import Any, Callable
 import optuna
 
 from search.config import StudyConfig
+from search.launch import WORKER_ATTR, worker_id
 from search.progress import StudyProgress
 from search.recipe_file import RECIPE_ATTR
 from search.study import INTERRUPTED_ATTR, count_trials
@@ -54,6 +55,7 @@ class Objective:
         recipe = make_recipe(self.config, sample_params(self.config.spec.space, trial))
         run_id = self.tracker.start_trial(self.parent_run_id, trial.number, recipe.to_dict())
         trial.set_user_attr(RECIPE_ATTR, recipe.to_dict())
+        trial.set_user_attr(WORKER_ATTR, worker_id())
         trial.set_user_attr("mlflow_run_id", run_id)
         if self.progress:
             self.progress.trial_started(trial.number)
@@ -125,7 +127,7 @@ def run_trials(study: optuna.Study, objective: Objective, *, n_trials: int,
     callbacks = []
     if objective.progress is not None:
         progress = objective.progress
-        callbacks.append(lambda _study, trial: _announce(progress, trial))
+        callbacks.append(lambda _study, trial: announce(progress, trial))
     while count_trials(study)["budget"] < n_trials:
         if timeout is not None and time.monotonic() - started >= timeout:
             break
@@ -133,7 +135,7 @@ def run_trials(study: optuna.Study, objective: Objective, *, n_trials: int,
                        gc_after_trial=True)
 
 
-def _announce(progress: StudyProgress, trial: optuna.trial.FrozenTrial) -> None:
+def announce(progress: StudyProgress, trial: optuna.trial.FrozenTrial) -> None:
     state = trial.state.name
     value = trial.value if state == "COMPLETE" else None
     detail = ""

@@ -1,0 +1,148 @@
+"""Start one worker process per GPU slot on this host, watch them, and clean up after any that dies."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+WORKER_ATTR = "worker"
+
+
+def worker_id() -> str:
+    """``host:pid`` of this process: recorded on every trial it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use: ``CUDA_VISIBLE_DEVICES`` if set, else what nvidia-smi lists."""
+    declared = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if declared is not None:
+        return [g.strip() for g in declared.split(",") if g.strip() and g.strip() != "-1"]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(listed.stdout.splitlines()) if line.startswith("GPU ")]
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """Which worker processes to start: ``per_gpu`` on each GPU of ``gpus`` (one on a CPU host)."""
+
+    gpus: tuple[str, ...]
+    per_gpu: int = 1
+
+    @property
+    def n_workers(self) -> int:
+        return max(1, len(self.gpus) * self.per_gpu)
+
+    def environments(self) -> list[dict[str, str]]:
+        """The environment of each worker: its GPU, and memory shared with its neighbours."""
+        if not self.gpus:
+            return [{}]
+        out = []
+        for gpu in self.gpus:
+            for _ in range(self.per_gpu):
+                env = {"CUDA_VISIBLE_DEVICES": gpu}
+                if self.per_gpu > 1:
+                    # several processes on one GPU: none may take all of its memory up front
+                    env.update({
+                        "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+                        "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.9 / self.per_gpu:.3f}",
+                        "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+                    })
+                out.append(env)
+        return out
+
+
+def plan_workers(gpus: str | None, per_gpu: int) -> WorkerPlan:
+    """Return the plan for ``--gpus`` (``"0,1"``, or None for every visible GPU).
+
+    Raises:
+        ValueError: ``per_gpu`` < 1, or a GPU id that is not an integer.
+    """
+    if per_gpu < 1:
+        raise ValueError(f"'--workers-per-gpu'={per_gpu} is out of range; expected an integer >= 1.")
+    if gpus is None:
+        return WorkerPlan(tuple(visible_gpus()), per_gpu)
+    chosen = tuple(g.strip() for g in gpus.split(",") if g.strip())
+    bad = [g for g in chosen if not g.isdigit()]
+    if bad:
+        raise ValueError(f"'--gpus'={gpus!r}: {bad[0]!r} is not a GPU index; expected e.g. 0,1,3.")
+    return WorkerPlan(chosen, per_gpu)
+
+
+def start_workers(argv: Sequence[str], plan: WorkerPlan, log_dir: Path) -> list[subprocess.Popen]:
+    """Start ``python -m search.run <argv> --worker-index i`` once per slot of the plan.
+
+    Each worker's output goes to ``log_dir/worker-<i>.log``.
+    """
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for index, extra in enumerate(plan.environments()):
+        log = open(log_dir / f"worker-{index}.log", "a")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "search.run", *argv, "--worker-index", str(index)],
+            env={**os.environ, **extra, "PYTHONUNBUFFERED": "1"},
+            stdout=log, stderr=subprocess.STDOUT,
+        ))
+    return procs
+
+
+def supervise(procs: list[subprocess.Popen], *, on_tick: Callable[[], None],
+              on_death: Callable[[subprocess.Popen], None], interval: float = 1.0) -> bool:
+    """Wait for every worker; call ``on_tick`` periodically and ``on_death`` for a crashed one.
+
+    A worker that exits with an error does not stop the others. Returns True when the wait was
+    interrupted (Ctrl-C reaches the workers too; they finish their trial cleanly and exit).
+    """
+    pending = set(range(len(procs)))
+    try:
+        while pending:
+            time.sleep(interval)
+            for i in sorted(pending):
+                code = procs[i].poll()
+                if code is None:
+                    continue
+                pending.discard(i)
+                if code not in (0, 130):
+                    on_death(procs[i])
+            on_tick()
+    except KeyboardInterrupt:
+        for p in procs:
+            try:
+                p.wait(timeout=120)
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+                p.kill()
+        on_tick()
+        return True
+    return False
+
+
+def fail_trials_of(study: Any, worker: str, reason: str,
+                   on_failed: Callable[[Any], None] | None = None) -> list[int]:
+    """Mark the RUNNING trials of a dead ``worker`` failed (and queue one retry of each)."""
+    from optuna.trial import TrialState
+
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get(WORKER_ATTR) != worker:
+            continue
+        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+        study.tell(trial.number, state=TrialState.FAIL)
+        frozen = study._storage.get_trial(trial._trial_id)
+        if "retry_of" not in trial.user_attrs:  # one retry, like the heartbeat path
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        if on_failed is not None:
+            on_failed(frozen)
+        failed.append(trial.number)
+    return failed

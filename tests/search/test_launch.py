@@ -1,0 +1,107 @@
+"""Worker processes: the GPU plan, the workers' command line, and a study run by several workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from search.launch import WorkerPlan, plan_workers
+from search.run import _worker_argv
+
+
+@pytest.mark.parametrize("gpus,per_gpu,expected", [("0,1", 1, 2), ("3", 4, 4), ("0,1,2", 2, 6)])
+def test_plan_workers_one_slot_per_gpu_and_share(gpus: str, per_gpu: int, expected: int) -> None:
+    plan = plan_workers(gpus, per_gpu)
+    envs = plan.environments()
+    assert plan.n_workers == expected == len(envs)
+    assert sorted({e["CUDA_VISIBLE_DEVICES"] for e in envs}) == gpus.split(",")
+    for env in envs:
+        shared = "XLA_PYTHON_CLIENT_PREALLOCATE" in env
+        assert shared == (per_gpu > 1)
+        if shared:
+            assert float(env["XLA_PYTHON_CLIENT_MEM_FRACTION"]) * per_gpu <= 0.9 + 1e-9
+
+
+def test_plan_workers_without_gpus_runs_one_worker(monkeypatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    plan = plan_workers(None, 1)
+    assert plan.gpus == () and plan.n_workers == 1 and plan.environments() == [{}]
+
+
+@pytest.mark.parametrize("gpus,per_gpu,key", [("0,x", 1, "--gpus"), ("0", 0, "--workers-per-gpu")])
+def test_plan_workers_rejects_bad_input(gpus: str, per_gpu: int, key: str) -> None:
+    with pytest.raises(ValueError, match=key):
+        plan_workers(gpus, per_gpu)
+
+
+def test_worker_argv_drops_what_only_the_launcher_does() -> None:
+    argv = ["--study", "digits", "--fresh", "--baselines", "reference", "--gpus=0,1",
+            "--workers-per-gpu", "2", "--trials", "8"]
+    assert _worker_argv(argv) == ["--study", "digits", "--trials", "8", "--no-progress"]
+
+
+def _start(tmp_path: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "0,1"}
+    # two "GPUs" on a CPU machine: the backends find none and train on the CPU
+    command = [sys.executable, "-m", "search.run", "--study", "digits", "--folds", "2",
+               "--set", "model.hidden_layers=1", "--set", "model.units=32",
+               "--no-progress", *extra]
+    return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_and_a_killed_worker_leaves_nothing_running(tmp_path) -> None:
+    proc = _start(tmp_path, "--trials", "3", "--epochs", "12")
+    storage = f"sqlite:///{tmp_path}/mlruns/optuna.db"
+    victim = None
+    deadline = time.monotonic() + 300
+    while victim is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            study = optuna.load_study(study_name="digits", storage=storage)
+            running = [t for t in study.get_trials() if t.state == TrialState.RUNNING
+                       and t.intermediate_values and "worker" in t.user_attrs]
+        except Exception:
+            continue
+        if running:
+            victim = running[0]
+    if victim is None:
+        proc.kill()
+        pytest.fail("no trial started training within 300 s:\n" + proc.communicate()[0])
+    os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+    output = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output.split("exited with code")[0]
+
+    study = optuna.load_study(study_name="digits", storage=storage)
+    trials = study.get_trials()
+    assert [t.number for t in trials] == list(range(len(trials)))
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    killed = trials[victim.number]
+    assert killed.state == TrialState.FAIL
+    assert "exited with code -9" in killed.user_attrs["fail_reason"]
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
+    assert len(retries) == 1 and retries[0].params == killed.params
+    workers = {t.user_attrs["worker"] for t in trials if "worker" in t.user_attrs}
+    assert len(workers) == 2  # both processes ran trials
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1
+    assert all(r.info.status != "RUNNING" for r in runs)
+    numbers = [r.data.tags["optuna.trial_number"] for r in children]
+    assert sorted(numbers, key=int) == [str(t.number) for t in trials if "mlflow_run_id" in t.user_attrs]
+    assert next(r for r in children if r.data.tags["optuna.trial_number"] == str(victim.number)
+                ).info.status == "FAILED"
