@@ -29,7 +29,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, dest="n_folds", help="cross-validation folds (>= 2)")
     p.add_argument("--epochs", type=int, dest="max_epochs", help="maximum epochs per fold")
     p.add_argument("--sampler", choices=SAMPLERS, help="Optuna sampler (default: tpe)")
-    p.add_argument("--pruner", choices=PRUNERS, help="Optuna pruner (default: hyperband)")
+    p.add_argument("--pruner", choices=PRUNERS, help="Optuna pruner (default: the study file's, median)")
     p.add_argument("--seed", type=int, help="study seed: folds, sampler, initial weights")
     p.add_argument("--storage", help="Optuna storage URL or journal file "
                                      "(default: sqlite:///mlruns/optuna.db)")

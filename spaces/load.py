@@ -28,7 +28,7 @@ class SearchSettings:
     n_folds: int = 5
     n_trials: int = 30
     sampler: str = "tpe"
-    pruner: str = "hyperband"
+    pruner: str = "median"
     seed: int = 0
     enqueue_defaults: bool = True
 

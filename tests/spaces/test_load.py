@@ -55,7 +55,7 @@ def test_load_study_digits_values():
     assert spec.model["units"] == 500
     assert spec.training == {"max_epochs": 30, "batch_size": 64, "learning_rate": 1e-3}
     assert spec.search == SearchSettings(
-        n_folds=3, n_trials=30, sampler="tpe", pruner="hyperband", seed=0
+        n_folds=3, n_trials=30, sampler="tpe", pruner="median", seed=0
     )
     assert spec.space.names == ("l1", "l2", "dropout", "augment", "patience")
 
