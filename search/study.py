@@ -81,21 +81,30 @@ def make_sampler(config: StudyConfig, worker: int = 0) -> optuna.samplers.BaseSa
 
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
-    """Return the config's pruner, with resources counted in steps across folds.
+    """Return the config's pruner; the first decision waits for the end of the first fold.
 
     A trial reports ``step = fold * max_epochs + epoch``, so its whole budget is
-    ``n_folds * max_epochs`` steps; the first rung sits a few epochs into the first fold.
+    ``n_folds * max_epochs`` steps and step ``max_epochs - 1`` ends the first fold (a fold that
+    early stopping ended sooner reports its best value there too). The value reported is the
+    running CV estimate (`search.worker.RunningCV`), which no epoch inside a later fold moves.
+    Pruning on the first epochs of a fold would compare how fast recipes learn, and
+    regularization slows early learning: with a warm-up of 5 epochs of 30 the median pruner
+    stopped 27 of 30 digits trials at epoch 6, nearly every regularized one.
     """
-    max_resource = config.n_folds * config.max_epochs
-    min_resource = max(1, config.max_epochs // 6)
+    epochs = config.max_epochs
+    fold_end = max(1, epochs - 1)
+    max_resource = config.n_folds * epochs
     if config.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(
-            min_resource=min_resource, max_resource=max_resource, reduction_factor=3
+            min_resource=fold_end, max_resource=max_resource, reduction_factor=3
         )
     if config.pruner == "sha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=fold_end, reduction_factor=3)
     if config.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=min_resource)
+        # checked at the end of every fold: steps fold_end, fold_end + epochs, ...
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=3, n_warmup_steps=fold_end, interval_steps=epochs
+        )
     return optuna.pruners.NopPruner()
 
 

@@ -60,10 +60,12 @@ class Objective:
         if self.progress:
             self.progress.trial_started(trial.number)
 
+        estimate = RunningCV(self.config.max_epochs)
+
         def on_epoch(m: EpochMetrics) -> bool:
             if self.progress and not m.filled:
                 self.progress.epoch(m.fold, m.epoch, m.step, m.val_loss)
-            trial.report(m.best_val_loss, m.step)
+            trial.report(estimate.update(m.fold, m.epoch, m.best_val_loss), m.step)
             return trial.should_prune()
 
         def on_fold(fold: FoldResult) -> None:
@@ -94,6 +96,28 @@ class Objective:
             raise optuna.TrialPruned(f"pruned after {len(result.folds)} fold(s)")
         self.tracker.finish_trial(run_id, "COMPLETE")
         return result.val_loss
+
+
+class RunningCV:
+    """The value a trial reports to the pruner: its cross-validation estimate so far.
+
+    In the first fold that is the fold's best validation loss so far. From the second fold on
+    it is the mean best loss of the folds already finished, updated when a fold ends (the
+    trainer always reports a fold's last step, early-stopped or not). A fold's first epochs
+    never enter it: they measure how fast a recipe learns, and regularization slows early
+    learning, so a pruner judging them would remove the recipes a search is looking for.
+    """
+
+    def __init__(self, max_epochs: int) -> None:
+        self.max_epochs = max_epochs
+        self.finished: dict[int, float] = {}
+
+    def update(self, fold: int, epoch: int, best_val_loss: float) -> float:
+        if epoch == self.max_epochs - 1:
+            self.finished[fold] = best_val_loss
+        if not self.finished:
+            return best_val_loss
+        return sum(self.finished.values()) / len(self.finished)
 
 
 def _curves(fold: FoldResult) -> dict[str, list[float]]:

@@ -1,0 +1,71 @@
+"""Pruners judge a trial where a fold ends, never on how fast it learns in a fold's first epochs."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.config import build_config
+from search.study import make_pruner
+from search.worker import RunningCV
+
+EPOCHS, FOLDS = 10, 3
+
+
+def _study(pruner: str) -> optuna.Study:
+    config = build_config("digits", max_epochs=EPOCHS, n_folds=FOLDS, pruner=pruner,
+                          storage="sqlite:///:memory:", tracking_uri="sqlite:///:memory:")
+    return optuna.create_study(pruner=make_pruner(config), direction="minimize")
+
+
+def _complete(study: optuna.Study, curve: list[float]) -> None:
+    trial = study.ask()
+    for step, value in enumerate(curve):
+        trial.report(value, step)
+        trial.should_prune()  # as the objective does: successive halving records rungs here
+    study.tell(trial, min(curve))
+
+
+def _fold_curve(start: float, end: float) -> list[float]:
+    """What a trial reports over its folds when each fold's best loss falls from start to end."""
+    estimate = RunningCV(EPOCHS)
+    return [estimate.update(fold, e, start + (end - start) * e / (EPOCHS - 1))
+            for fold in range(FOLDS) for e in range(EPOCHS)]
+
+
+def test_running_cv_is_the_fold_best_then_the_mean_of_finished_folds() -> None:
+    estimate = RunningCV(max_epochs=3)
+    reported = [estimate.update(0, 0, 2.0), estimate.update(0, 1, 1.0), estimate.update(0, 2, 0.9),
+                estimate.update(1, 0, 3.0), estimate.update(1, 1, 2.0), estimate.update(1, 2, 0.5)]
+    assert reported == [2.0, 1.0, 0.9, 0.9, 0.9, pytest.approx(0.7)]
+
+
+def _steps_until_pruned(study: optuna.Study, curve: list[float]) -> int | None:
+    trial = study.ask()
+    for step, value in enumerate(curve):
+        trial.report(value, step)
+        if trial.should_prune():
+            study.tell(trial, state=TrialState.PRUNED)
+            return step
+    study.tell(trial, min(curve))
+    return None
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband", "sha"])
+def test_pruner_spares_a_slow_starter_that_ends_the_fold_best(pruner: str) -> None:
+    study = _study(pruner)
+    for _ in range(4):
+        _complete(study, _fold_curve(1.0, 0.5))
+    # a strongly regularized recipe: far behind early in the fold, ahead at its end
+    slow = _fold_curve(2.5, 0.4)
+    assert _steps_until_pruned(study, slow) is None
+
+
+@pytest.mark.parametrize("pruner", ["median", "sha"])
+def test_pruner_stops_a_trial_that_ends_its_first_fold_worse(pruner: str) -> None:
+    study = _study(pruner)
+    for _ in range(4):
+        _complete(study, _fold_curve(1.0, 0.5))
+    worse = _fold_curve(1.0, 0.9)
+    assert _steps_until_pruned(study, worse) == EPOCHS - 1  # the end of fold 0, not before
