@@ -27,6 +27,8 @@ class StudyConfig:
         tracking_uri: MLflow tracking URI.
         fresh: delete the stored study and start over.
         baselines: name of a set of hand-picked recipes to cross-validate beside the search.
+        rebuild_per_trial: build and compile a fresh model for every fold instead of reusing
+            one compiled model per worker (slower; for comparison).
         report: after the search, retrain the selected recipe (and baselines) on the whole
             training split and score the held-out split, when the data has one.
     """
@@ -46,6 +48,7 @@ class StudyConfig:
     baselines: str | None = None
     report: bool = True
     precision: str = "float32"
+    rebuild_per_trial: bool = False
 
     def __post_init__(self) -> None:
         check_int("--trials", self.n_trials, low=1)
@@ -109,6 +112,7 @@ def build_config(
     baselines: str | None = None,
     report: bool = True,
     precision: str = "float32",
+    rebuild_per_trial: bool = False,
 ) -> StudyConfig:
     """Load a study file and apply overrides (None keeps the file's value).
 
@@ -138,4 +142,5 @@ def build_config(
         baselines=baselines,
         report=report,
         precision=precision,
+        rebuild_per_trial=rebuild_per_trial,
     )

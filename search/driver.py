@@ -44,7 +44,7 @@ class _Session:
     study: optuna.Study
     tracker: Tracker
     parent: str
-    build: Any
+    models: Any  # trainers.reuse.Models: what every trial trains
     folds: list
     weights: dict[int, float] | None
 
@@ -65,13 +65,14 @@ def _open_session(config: StudyConfig, *, data_dir: str | None, progress: bool,
     study.set_user_attr(BACKEND_ATTR, keras.backend.backend())
     build = model_builder(config, data)
     build(make_recipe(config, config.spec.space.defaults()))  # bad model options fail here, once
+    models = make_models(config, data, build)
 
     from trainers.imagefolder import class_weights
     from trainers.kfold import stratified_folds
 
     folds = stratified_folds(data.train.y, config.n_folds, config.seed)
     weights = class_weights(data.train.y, data.train.n_classes) if data.class_weights else None
-    return _Session(data, study, tracker, parent, build, folds, weights)
+    return _Session(data, study, tracker, parent, models, folds, weights)
 
 
 def _set_precision(precision: str) -> None:
@@ -163,7 +164,7 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
         try:
             baselines = run_baselines(
                 study, config, baseline_recipes(config, config.baselines),
-                data=session.data.train, folds=session.folds, build=session.build,
+                data=session.data.train, folds=session.folds, build=session.models,
                 tracker=tracker, parent_run_id=parent, console=console,
                 class_weight=session.weights,
             )
@@ -178,7 +179,7 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
         elif n_workers > 1:
             interrupted = _run_workers(study, tracker, plan, worker_argv or [], bars, console)
         else:
-            objective = Objective(config, session.data.train, session.folds, session.build,
+            objective = Objective(config, session.data.train, session.folds, session.models,
                                   tracker, parent, progress=bars, class_weight=session.weights)
             try:
                 run_trials(study, objective, n_trials=config.n_trials, timeout=config.timeout)
@@ -188,7 +189,7 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
     print_best(study, config, console)
     if not interrupted and config.report and session.data.heldout is not None:
         try:
-            _report(study, config, session.data, session.build, tracker, parent, baselines,
+            _report(study, config, session.data, session.models, tracker, parent, baselines,
                     console, session.weights)
         except KeyboardInterrupt:
             interrupted = True
@@ -211,7 +212,7 @@ def run_worker(config: StudyConfig, *, worker_index: int, data_dir: str | None =
     reporter = StudyProgress(config.name, config.n_trials, count_trials(session.study),
                              _best_value(session.study), console=console,
                              n_folds=config.n_folds, max_epochs=config.max_epochs, bars=False)
-    objective = Objective(config, session.data.train, session.folds, session.build,
+    objective = Objective(config, session.data.train, session.folds, session.models,
                           session.tracker, session.parent, progress=reporter,
                           class_weight=session.weights)
     try:
@@ -268,6 +269,25 @@ def _report(study, config, data, build, tracker, parent, baselines, console, wei
                             console=console, class_weight=weights)
     console.print(report_table(report, f"held-out report of {config.name} "
                                        f"({len(data.heldout)} held-out images)"))
+
+
+def make_models(config: StudyConfig, data: StudyData, build: Any) -> Any:
+    """The models a worker trains: one compiled model reused for every trial and fold, or
+    (``--rebuild-per-trial``) a fresh build and compile each time."""
+    from trainers.reuse import Rebuild, Reuse
+
+    if config.rebuild_per_trial:
+        return Rebuild(build)
+    from trainers.models import build_model
+    from trainers.recipe import Recipe
+
+    options = dict(config.spec.model)
+    name = options.pop("name")
+    options.setdefault("augment_preset", data.augment_preset)
+    return Reuse(functools.partial(build_model, name, data.train.image_shape, data.train.n_classes,
+                                   Recipe(), pixel_max=data.train.pixel_max, reusable=True,
+                                   **options),
+                 cache_size=config.n_folds + 2)
 
 
 def model_builder(config: StudyConfig, data: StudyData):

@@ -56,6 +56,9 @@ def parser() -> argparse.ArgumentParser:
                    help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                    help="bfloat16: mixed precision (bfloat16 compute, float32 weights)")
+    p.add_argument("--rebuild-per-trial", action="store_true",
+                   help="build and compile a fresh model for every fold instead of compiling one "
+                        "per worker and reusing it (slower; for comparison)")
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the launcher
     return p
 
@@ -93,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
             timeout=args.timeout, fresh=args.fresh, overrides=args.set,
             baselines=args.baselines, report=not args.no_report, precision=args.precision,
+            rebuild_per_trial=args.rebuild_per_trial,
         )
         from search.driver import run_study, run_worker  # imports Keras: settings are valid
 

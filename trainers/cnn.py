@@ -7,6 +7,10 @@ Every builder returns an uncompiled functional model::
 with ``kernel_regularizer(recipe)`` on every Dense and Conv kernel and ``dropout(recipe)`` after
 every dense hidden layer. Layer names are stable ("augment", "conv1", "dense1", "predictions",
 ...), so trainers can find the augmentation layer (``model.get_layer("augment").magnitude``).
+
+``reusable=True`` builds the same network for `trainers.reuse.Reuse`: a `Strengths` layer named
+"strengths" follows the rescaling, and every penalty and dropout layer is present whatever the
+recipe, reading its strength from that layer's variables (0 is off). The softmax is float32.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import keras
 from trainers.augment import RandomAugment
 from trainers.layers import LocalResponseNormalization
 from trainers.recipe import Recipe
-from trainers.regularization import dropout, kernel_regularizer
+from trainers.regularization import Strengths, dropout, kernel_regularizer
 
 
 def _check(name: str, input_shape: tuple[int, int, int], n_classes: int, **ranges: Any) -> None:
@@ -46,19 +50,30 @@ def _stem(
     pixel_max: float,
     augment_preset: str,
     seed: int | None,
+    strengths: Strengths | None,
 ) -> tuple[keras.KerasTensor, keras.KerasTensor]:
     """Input, rescaled to [0, 1] and augmented (only while training)."""
     inputs = keras.Input(tuple(input_shape), name="images")
     x = keras.layers.Rescaling(1.0 / pixel_max, name="rescaling")(inputs)
+    if strengths is not None:
+        x = strengths(x)
     x = RandomAugment(recipe.augment, preset=augment_preset, seed=seed, name="augment")(x)
     return inputs, x
 
 
-def _head(x: keras.KerasTensor, n_classes: int, recipe: Recipe) -> keras.KerasTensor:
+def _strengths(recipe: Recipe, reusable: bool) -> Strengths | None:
+    return Strengths.of(recipe, name="strengths") if reusable else None
+
+
+def _head(
+    x: keras.KerasTensor, n_classes: int, recipe: Recipe, strengths: Strengths | None
+) -> keras.KerasTensor:
     return keras.layers.Dense(
         n_classes,
         activation="softmax",
-        kernel_regularizer=kernel_regularizer(recipe),
+        kernel_regularizer=kernel_regularizer(recipe, strengths),
+        # float32 softmax: stays exact when the rest of the model runs in bfloat16
+        dtype="float32",
         name="predictions",
     )(x)
 
@@ -73,6 +88,7 @@ def build_seed_cnn(
     conv_dropout: float = 0.0,
     width: float = 1.0,
     seed: int | None = None,
+    reusable: bool = False,
 ) -> keras.Model:
     """Build the AlexNet-like reference CNN the hand-picked baselines were measured on.
 
@@ -90,6 +106,7 @@ def build_seed_cnn(
         conv_dropout: rate of a SpatialDropout2D after each pooling layer; 0 adds none.
         width: multiplier on every filter and unit count (tests use a tiny network).
         seed: seed of the augmentation layer.
+        reusable: build every penalty and dropout layer with variable strengths (module doc).
 
     Returns:
         An uncompiled `keras.Model`.
@@ -98,7 +115,8 @@ def build_seed_cnn(
         ValueError: for an impossible shape, class count, width or conv_dropout.
     """
     _check("build_seed_cnn", input_shape, n_classes, width=width, conv_dropout=conv_dropout)
-    inputs, x = _stem(input_shape, recipe, pixel_max, augment_preset, seed)
+    strengths = _strengths(recipe, reusable)
+    inputs, x = _stem(input_shape, recipe, pixel_max, augment_preset, seed, strengths)
     convolutions = [  # filters, kernel size, LRN after, pooling after
         (64, 11, True, True),
         (192, 5, True, True),
@@ -112,7 +130,7 @@ def build_seed_cnn(
             size,
             padding="same",
             activation="relu",
-            kernel_regularizer=kernel_regularizer(recipe),
+            kernel_regularizer=kernel_regularizer(recipe, strengths),
             name=f"conv{index}",
         )(x)
         if lrn:
@@ -128,15 +146,19 @@ def build_seed_cnn(
         x = keras.layers.Dense(
             _scaled(1024, width),
             activation="relu",
-            kernel_regularizer=kernel_regularizer(recipe),
+            kernel_regularizer=kernel_regularizer(recipe, strengths),
             name=f"dense{index}",
         )(x)
-        x = dropout(recipe, name=f"dropout{index}")(x)
-    return keras.Model(inputs, _head(x, n_classes, recipe), name="seed_cnn")
+        x = dropout(recipe, name=f"dropout{index}", strengths=strengths)(x)
+    return keras.Model(inputs, _head(x, n_classes, recipe, strengths), name="seed_cnn")
 
 
 def _residual_block(
-    x: keras.KerasTensor, filters: int, strides: int, recipe: Recipe, name: str
+    x: keras.KerasTensor,
+    filters: int,
+    strides: int,
+    regularizer: keras.regularizers.Regularizer | None,
+    name: str,
 ) -> keras.KerasTensor:
     """Basic block: two 3x3 conv-BN, identity shortcut (1x1 projection when the shape changes)."""
 
@@ -147,7 +169,7 @@ def _residual_block(
             strides=stride,
             padding="same",
             use_bias=False,  # the batch norm that follows has its own offset
-            kernel_regularizer=kernel_regularizer(recipe),
+            kernel_regularizer=regularizer,
             name=f"{name}_{suffix}",
         )(tensor)
 
@@ -173,6 +195,7 @@ def build_small_resnet(
     augment_preset: str = "natural",
     width: float = 1.0,
     seed: int | None = None,
+    reusable: bool = False,
 ) -> keras.Model:
     """Build a small ResNet for 64x64 images: about 0.7M parameters at width 1.
 
@@ -184,13 +207,14 @@ def build_small_resnet(
         An uncompiled `keras.Model`.
     """
     _check("build_small_resnet", input_shape, n_classes, width=width)
-    inputs, x = _stem(input_shape, recipe, pixel_max, augment_preset, seed)
+    strengths = _strengths(recipe, reusable)
+    inputs, x = _stem(input_shape, recipe, pixel_max, augment_preset, seed, strengths)
     x = keras.layers.Conv2D(
         _scaled(32, width),
         3,
         padding="same",
         use_bias=False,
-        kernel_regularizer=kernel_regularizer(recipe),
+        kernel_regularizer=kernel_regularizer(recipe, strengths),
         name="stem_conv",
     )(x)
     x = keras.layers.BatchNormalization(name="stem_bn")(x)
@@ -199,27 +223,32 @@ def build_small_resnet(
         for block in (1, 2):
             strides = 2 if stage > 1 and block == 1 else 1
             x = _residual_block(
-                x, _scaled(filters, width), strides, recipe, name=f"stage{stage}_block{block}"
+                x,
+                _scaled(filters, width),
+                strides,
+                kernel_regularizer(recipe, strengths),
+                name=f"stage{stage}_block{block}",
             )
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    x = dropout(recipe, name="dropout1")(x)
-    return keras.Model(inputs, _head(x, n_classes, recipe), name="small_resnet")
+    x = dropout(recipe, name="dropout1", strengths=strengths)(x)
+    return keras.Model(inputs, _head(x, n_classes, recipe, strengths), name="small_resnet")
 
 
-def _regularize_kernels(model: keras.Model, recipe: Recipe) -> int:
-    """Put the recipe's penalty on every conv, depthwise-conv and dense kernel of a built model.
+def _regularize_kernels(
+    model: keras.Model, regularizer: keras.regularizers.Regularizer | None
+) -> int:
+    """Put ``regularizer`` on every conv, depthwise-conv and dense kernel of a built model.
 
     Keras 3 reads the penalty from ``variable.regularizer`` when it collects ``model.losses``,
     so setting it after construction works; the layer attribute is set too so that
     ``get_config`` (and a saved model) records it. Returns the number of kernels changed.
     """
-    regularizer = kernel_regularizer(recipe)
     if regularizer is None:
         return 0
     changed = 0
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            changed += _regularize_kernels(layer, recipe)
+            changed += _regularize_kernels(layer, regularizer)
         elif isinstance(layer, keras.layers.DepthwiseConv2D):
             layer.depthwise_regularizer = regularizer
             layer.kernel.regularizer = regularizer
@@ -239,6 +268,7 @@ def build_efficientnet_b0(
     pixel_max: float = 255.0,
     augment_preset: str = "natural",
     seed: int | None = None,
+    reusable: bool = False,
 ) -> keras.Model:
     """Build EfficientNet-B0 from scratch (``weights=None``, nothing downloaded).
 
@@ -259,15 +289,16 @@ def build_efficientnet_b0(
             f"build_efficientnet_b0: 'input_shape'={input_shape!r} is too small; "
             "EfficientNet needs height and width >= 32."
         )
-    inputs, x = _stem(input_shape, recipe, pixel_max, augment_preset, seed)
+    strengths = _strengths(recipe, reusable)
+    inputs, x = _stem(input_shape, recipe, pixel_max, augment_preset, seed, strengths)
     x = keras.layers.Rescaling(255.0, name="efficientnet_scale")(x)
     backbone = keras.applications.EfficientNetB0(
         include_top=False, weights=None, input_shape=tuple(input_shape), pooling="avg"
     )
-    _regularize_kernels(backbone, recipe)
+    _regularize_kernels(backbone, kernel_regularizer(recipe, strengths))
     x = backbone(x)
-    x = dropout(recipe, name="dropout1")(x)
-    return keras.Model(inputs, _head(x, n_classes, recipe), name="efficientnet_b0")
+    x = dropout(recipe, name="dropout1", strengths=strengths)(x)
+    return keras.Model(inputs, _head(x, n_classes, recipe, strengths), name="efficientnet_b0")
 
 
 BUILDERS: dict[str, Callable[..., keras.Model]] = {

@@ -14,11 +14,14 @@ import numpy as np
 from trainers.data import Dataset
 from trainers.kfold import Fold
 from trainers.recipe import Recipe
+from trainers.reuse import CROSS_ENTROPY, Models, SeedAtTrainBegin, as_models, compile_model
 
-# Keras 3 adds the L1/L2 penalty to `loss` *and* `val_loss`; judging recipes on that would
-# punish regularization for its own penalty. Every loss this module reports is the plain
-# cross-entropy, tracked as a metric of this name.
-CROSS_ENTROPY = "cross_entropy"
+__all__ = [
+    "CHANCE_TOLERANCE", "CROSS_ENTROPY", "CVResult", "Diverged", "EpochMetrics", "FinalResult",
+    "FoldResult", "Models", "StuckAtChance", "TrainingFailed", "compile_model", "cross_validate",
+    "train_final",
+]
+
 # A fold whose validation loss stays within this fraction of ln(n_classes) at every epoch never
 # left chance level (DESIGN.md: Adam at 1e-3 holds the reference CNN at ln 25 for every epoch).
 # A loss far *above* ln(n_classes) did move: it is a bad score, not a failure, and the sampler
@@ -104,24 +107,11 @@ class StuckAtChance(TrainingFailed):
 OnEpoch = Callable[[EpochMetrics], bool | None]
 
 
-def compile_model(model: keras.Model, recipe: Recipe) -> keras.Model:
-    """Compile ``model`` with Adam at the recipe's learning rate and the metrics we report."""
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=recipe.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=[
-            keras.metrics.SparseCategoricalCrossentropy(name=CROSS_ENTROPY),
-            keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-        ],
-    )
-    return model
-
-
 def cross_validate(
     data: Dataset,
     folds: Sequence[Fold],
     recipe: Recipe,
-    build: Callable[[Recipe], keras.Model],
+    models: Models | Callable[[Recipe], keras.Model],
     *,
     seed: int = 0,
     on_epoch: OnEpoch | None = None,
@@ -131,15 +121,17 @@ def cross_validate(
 ) -> CVResult:
     """Train ``recipe`` once per fold and return each fold's best epoch.
 
-    Every fold starts from a fresh model built by ``build(recipe)`` and seeded with
-    ``seed + fold``: the same seed for every trial, so trials differ by recipe, not by luck.
-    Early stopping watches the validation cross-entropy and restores the best weights.
+    Every fold starts from fresh weights seeded with ``seed + fold``: the same seed for every
+    trial, so trials differ by recipe, not by luck. ``models`` decides whether that is a new
+    model (`Rebuild`) or the worker's one compiled model reset (`Reuse`); both give the same
+    losses. Early stopping watches the validation cross-entropy and restores the best weights.
 
     Args:
         data: the training split; folds index into it.
         folds: the study's folds (`trainers.kfold.stratified_folds`).
         recipe: regularization and training settings.
-        build: returns an uncompiled model for a recipe.
+        models: `trainers.reuse.Rebuild` or `Reuse`; a plain callable ``build(recipe)``
+            returning an uncompiled model is wrapped in `Rebuild`.
         seed: base seed of weight initialisation, dropout and augmentation.
         on_epoch: called after every epoch; returning True stops the whole trial (pruning).
         on_fold: called with each fold's result as soon as the fold ends.
@@ -153,11 +145,11 @@ def cross_validate(
         Diverged: a loss became NaN or infinite.
         StuckAtChance: a fold's best validation loss stayed at chance level.
     """
+    models = as_models(models)
     chance = math.log(data.n_classes)
     results: list[FoldResult] = []
     for fold in folds:
-        keras.utils.set_random_seed(seed + fold.index)
-        model = compile_model(build(recipe), recipe)
+        model = models.prepare(recipe, seed + fold.index)
         reporter = _Reporter(fold.index, recipe.max_epochs, on_epoch)
         stopper = keras.callbacks.EarlyStopping(
             monitor=f"val_{CROSS_ENTROPY}", patience=recipe.patience, restore_best_weights=True
@@ -170,7 +162,7 @@ def cross_validate(
             batch_size=recipe.batch_size,
             epochs=recipe.max_epochs,
             class_weight=class_weight,
-            callbacks=[reporter, stopper],
+            callbacks=[SeedAtTrainBegin(seed + fold.index), reporter, stopper],
             verbose=0,
         ).history
         seconds = time.perf_counter() - start
@@ -279,7 +271,7 @@ def train_final(
     train: Dataset,
     heldout: Dataset,
     recipe: Recipe,
-    build: Callable[[Recipe], keras.Model],
+    models: Models | Callable[[Recipe], keras.Model],
     *,
     epochs: int,
     seed: int = 0,
@@ -289,19 +281,20 @@ def train_final(
 
     There is no validation split left to stop on, so the epoch count comes from the
     cross-validation (the folds' mean best epoch). The held-out loss is recorded after every
-    epoch for the learning curves only; nothing is chosen by it.
+    epoch for the learning curves only; nothing is chosen by it. ``models`` as in
+    `cross_validate`.
 
     Returns:
         Training and held-out cross-entropy and accuracy after the last epoch, with curves.
     """
-    keras.utils.set_random_seed(seed)
-    model = compile_model(build(recipe), recipe)
+    model = as_models(models).prepare(recipe, seed)
     history = model.fit(
         train.x, train.y,
         validation_data=(heldout.x, heldout.y),
         batch_size=recipe.batch_size,
         epochs=epochs,
         class_weight=class_weight,
+        callbacks=[SeedAtTrainBegin(seed)],
         verbose=0,
     ).history
     history = {k: [float(v) for v in vs] for k, vs in history.items()}

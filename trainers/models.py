@@ -8,7 +8,7 @@ import keras
 
 from trainers.augment import RandomAugment
 from trainers.recipe import Recipe
-from trainers.regularization import dropout, kernel_regularizer
+from trainers.regularization import Strengths, dropout, kernel_regularizer
 
 Builder = Callable[..., keras.Model]
 
@@ -22,22 +22,29 @@ def build_mlp(
     augment_preset: str = "natural",
     hidden_layers: int = 5,
     units: int = 500,
+    reusable: bool = False,
 ) -> keras.Model:
     """Return the reference MLP: ``hidden_layers`` dense ReLU layers of ``units``, softmax.
 
     Images are scaled to [0, 1] and augmented (training only) before they are flattened,
-    so the augmentation magnitude means the same thing as for the CNNs.
+    so the augmentation magnitude means the same thing as for the CNNs. With ``reusable`` every
+    penalty and dropout layer is present and reads its strength from a `Strengths` layer
+    named "strengths" (see `trainers.reuse.Reuse`).
     """
-    reg = kernel_regularizer(recipe)
+    strengths = Strengths.of(recipe, name="strengths") if reusable else None
+    reg = kernel_regularizer(recipe, strengths)
     inputs = keras.Input(input_shape, name="image")
     x = keras.layers.Rescaling(1.0 / pixel_max, name="rescale")(inputs)
+    if strengths is not None:
+        x = strengths(x)
     x = RandomAugment(recipe.augment, preset=augment_preset, name="augment")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     for i in range(hidden_layers):
         x = keras.layers.Dense(units, activation="relu", kernel_regularizer=reg, name=f"dense_{i}")(x)
-        x = dropout(recipe, name=f"dropout_{i}")(x)
+        x = dropout(recipe, name=f"dropout_{i}", strengths=strengths)(x)
+    # float32 softmax: stays exact when the rest of the model runs in bfloat16
     outputs = keras.layers.Dense(n_classes, activation="softmax", kernel_regularizer=reg,
-                                 name="softmax")(x)
+                                 dtype="float32", name="softmax")(x)
     return keras.Model(inputs, outputs, name="mlp")
 
 
@@ -62,7 +69,8 @@ def build_model(
         input_shape: one image's shape, ``(height, width, channels)``.
         n_classes: width of the softmax.
         recipe: the regularization to build in (penalties, dropout, augmentation magnitude).
-        **options: the builder's own options (``pixel_max``, ``augment_preset``, sizes).
+        **options: the builder's own options (``pixel_max``, ``augment_preset``, sizes, and
+            ``reusable=True`` for a model whose strengths are variables, `trainers.reuse.Reuse`).
 
     Raises:
         ValueError: unknown model name or option; the message lists the valid ones.

@@ -1,27 +1,222 @@
-"""Turn a recipe's strengths into Keras regularization: kernel penalties, dropout, early stopping."""
+"""Turn a recipe's strengths into Keras regularization: kernel penalties, dropout, early stopping.
+
+Two ways to build a model. The plain way bakes a recipe in: a penalty only when l1 or l2 > 0,
+dropout layers only when the rate is > 0. The reusable way (``strengths=`` a `Strengths` layer)
+always puts in every penalty and dropout layer and reads their strengths from variables, so one
+compiled model serves every recipe: strength 0 is off, and ``Strengths.assign(recipe)`` changes
+them without rebuilding or recompiling (see `trainers.reuse`).
+"""
 
 from __future__ import annotations
 
+import zlib
+from typing import Any, Iterator
+
 import keras
+import numpy as np
+from keras import ops
 
 from trainers.recipe import Recipe
 
 
-def kernel_regularizer(recipe: Recipe) -> keras.regularizers.Regularizer | None:
+@keras.saving.register_keras_serializable(package="regsearch")
+class VariableL1L2(keras.regularizers.Regularizer):
+    """The L1/L2 penalty ``l1 * sum(|x|) + l2 * sum(x ** 2)`` with strengths held in variables.
+
+    Give the same instance to every kernel of a model: one ``assign`` then changes the penalty of
+    every layer, inside an already compiled train step. The variables must belong to a layer of
+    the model (`Strengths` owns them) so that every backend passes them into the compiled step
+    as state; JAX would otherwise freeze their values at trace time.
+
+    Args:
+        l1: a scalar float32 `keras.Variable` (or a float, for a fixed penalty).
+        l2: likewise.
+    """
+
+    def __init__(self, l1: keras.Variable | float, l2: keras.Variable | float) -> None:
+        self.l1 = l1
+        self.l2 = l2
+
+    def __call__(self, x):
+        # Same terms and order as keras.regularizers.L1L2, so a strength set here gives the
+        # same penalty as the plain regularizer built with that strength.
+        l1 = ops.cast(self.l1, x.dtype)
+        l2 = ops.cast(self.l2, x.dtype)
+        return l1 * ops.sum(ops.absolute(x)) + l2 * ops.sum(ops.square(x))
+
+    def get_config(self) -> dict[str, float]:
+        # A saved model records the strengths it had; loading it gives a fixed penalty.
+        return {"l1": _read(self.l1), "l2": _read(self.l2)}
+
+
+@keras.saving.register_keras_serializable(package="regsearch")
+class VariableDropout(keras.layers.Dropout):
+    """Dropout whose rate is a variable, so it can change inside a compiled model.
+
+    In training it zeroes each input with probability ``rate`` and scales the rest by
+    ``1 / (1 - rate)``; at rate 0 it is exactly the identity (the random draw still happens, so
+    the layer's random stream does not depend on the rate). It is the identity outside training.
+
+    Unlike `keras.layers.Dropout`, a layer built without a seed does not draw one from Python's
+    global random state: adding or removing dropout layers then leaves every other layer's
+    initial weights unchanged, so the same seed gives the same network whatever the recipe.
+    `reseed_dropout` sets the random streams from a trial's seed.
+
+    Args:
+        rate: a float in [0, 1) (the layer then owns a variable holding it), or a scalar float32
+            `keras.Variable` shared with other layers (`Strengths.dropout`).
+        seed: initial seed of the layer's `keras.random.SeedGenerator`; by default one derived
+            from the layer name.
+        **kwargs: passed to `keras.layers.Layer` (name, dtype, ...).
+
+    Raises:
+        ValueError: if a float rate is outside [0, 1).
+    """
+
+    def __init__(
+        self, rate: keras.Variable | float, seed: int | None = None, **kwargs: Any
+    ) -> None:
+        # Skip Dropout.__init__: it wants a float rate and draws a global seed.
+        keras.layers.Layer.__init__(self, **kwargs)
+        if isinstance(rate, keras.Variable):
+            if tuple(rate.shape) != ():
+                raise ValueError(
+                    f"VariableDropout: 'rate' must be a scalar variable; got shape {rate.shape}."
+                )
+            self._rate = rate
+        else:
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+                raise TypeError(
+                    f"VariableDropout: 'rate' must be a float or a keras.Variable; "
+                    f"got {type(rate).__name__}."
+                )
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(
+                    f"VariableDropout: 'rate'={rate!r} is out of range; expected a float in [0, 1)."
+                )
+            self._rate = self.add_weight(
+                name="rate", shape=(), initializer=keras.initializers.Constant(float(rate)),
+                trainable=False, dtype="float32", autocast=False,
+            )
+        self.seed = seed
+        self.noise_shape = None
+        self.seed_generator = keras.random.SeedGenerator(
+            seed if seed is not None else zlib.crc32(self.name.encode()) % 2**31
+        )
+        self.supports_masking = True
+        self.built = True
+
+    @property
+    def rate(self) -> float:
+        """The current rate, read back from its float32 variable."""
+        return _read(self._rate)
+
+    @property
+    def rate_variable(self) -> keras.Variable:
+        return self._rate
+
+    def call(self, inputs, training=False):
+        if not training:
+            return inputs
+        rate = ops.cast(self._rate, "float32")
+        noise = keras.random.uniform(ops.shape(inputs), seed=self.seed_generator)
+        scale = ops.cast(1.0 / (1.0 - rate), inputs.dtype)
+        dropped = ops.where(noise >= rate, inputs * scale, ops.zeros_like(inputs))
+        # Exact identity at rate 0, whatever the select and the multiply by 1 do.
+        return ops.where(rate > 0.0, dropped, inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        config = keras.layers.Layer.get_config(self)
+        config.update({"rate": self.rate, "seed": self.seed})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="regsearch")
+class Strengths(keras.layers.Layer):
+    """The identity layer that owns a model's regularization strengths as variables.
+
+    A reusable model passes its images through it once (right after rescaling), which makes its
+    variables part of the model's state on every backend. Every kernel uses ``regularizer``
+    and every hidden dropout layer reads ``dropout``, so ``assign`` sets them all at once.
+
+    Args:
+        l1: initial L1 strength.
+        l2: initial L2 strength.
+        dropout: initial dropout rate, in [0, 1).
+        **kwargs: passed to `keras.layers.Layer` (name, dtype, ...).
+    """
+
+    def __init__(
+        self, l1: float = 0.0, l2: float = 0.0, dropout: float = 0.0, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+
+        def strength(name: str, value: float) -> keras.Variable:
+            return self.add_weight(
+                name=name, shape=(), initializer=keras.initializers.Constant(float(value)),
+                trainable=False, dtype="float32", autocast=False,
+            )
+
+        self.l1 = strength("l1", l1)
+        self.l2 = strength("l2", l2)
+        self.dropout = strength("dropout", dropout)
+        self.regularizer = VariableL1L2(self.l1, self.l2)
+        self.built = True
+
+    @classmethod
+    def of(cls, recipe: Recipe, **kwargs: Any) -> "Strengths":
+        """Return a layer holding the recipe's l1, l2 and dropout."""
+        return cls(recipe.l1, recipe.l2, recipe.dropout, **kwargs)
+
+    def assign(self, recipe: Recipe) -> None:
+        """Set l1, l2 and dropout to the recipe's values."""
+        for variable, value in ((self.l1, recipe.l1), (self.l2, recipe.l2),
+                                (self.dropout, recipe.dropout)):
+            variable.assign(np.asarray(value, dtype="float32"))
+
+    def call(self, inputs):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"l1": _read(self.l1), "l2": _read(self.l2),
+                       "dropout": _read(self.dropout)})
+        return config
+
+
+def kernel_regularizer(
+    recipe: Recipe, strengths: Strengths | None = None
+) -> keras.regularizers.Regularizer | None:
     """Return the L1/L2 kernel penalty of a recipe, or None when both strengths are 0.
 
-    Use it as ``kernel_regularizer=`` on every Dense and Conv layer of a model.
+    Use it as ``kernel_regularizer=`` on every Dense and Conv layer of a model. With
+    ``strengths`` it always returns that layer's shared `VariableL1L2` (0 means off).
     """
+    if strengths is not None:
+        return strengths.regularizer
     if recipe.l1 == 0.0 and recipe.l2 == 0.0:
         return None
     return keras.regularizers.L1L2(l1=recipe.l1, l2=recipe.l2)
 
 
-def dropout(recipe: Recipe, name: str | None = None) -> keras.layers.Layer:
-    """Return the dropout layer placed after a hidden layer (the identity when the rate is 0)."""
+def dropout(
+    recipe: Recipe, name: str | None = None, strengths: Strengths | None = None
+) -> keras.layers.Layer:
+    """Return the dropout layer placed after a hidden layer (the identity when the rate is 0).
+
+    With ``strengths`` it always returns a `VariableDropout` reading ``strengths.dropout``.
+    """
+    if strengths is not None:
+        return VariableDropout(strengths.dropout, name=name)
     if recipe.dropout == 0.0:
         return keras.layers.Identity(name=name)
-    return keras.layers.Dropout(recipe.dropout, name=name)
+    return VariableDropout(recipe.dropout, name=name)
 
 
 def early_stopping(recipe: Recipe) -> keras.callbacks.EarlyStopping:
@@ -31,3 +226,73 @@ def early_stopping(recipe: Recipe) -> keras.callbacks.EarlyStopping:
         patience=recipe.patience,
         restore_best_weights=True,
     )
+
+
+def reseed_dropout(model: keras.Model, seed: int) -> int:
+    """Restart the random stream of every `VariableDropout` in ``model`` from ``seed``.
+
+    The streams depend on the seed and the layer's position only, so a model built afresh and
+    a reused one drop the same units. Returns the number of layers reseeded.
+    """
+    layers = [layer for layer in _layers(model) if isinstance(layer, VariableDropout)]
+    for index, layer in enumerate(layers):
+        state = layer.seed_generator.state
+        mixed = (int(seed) * 1_000_003 + index * 7_919 + 12_345) % (2**31 - 1)
+        state.assign(np.asarray([mixed, 0], dtype=keras.backend.standardize_dtype(state.dtype)))
+    return len(layers)
+
+
+def assign_strengths(model: keras.Model, recipe: Recipe) -> None:
+    """Set every strength variable of ``model`` to the recipe's: penalties, dropout, augment.
+
+    Raises:
+        ValueError: if the recipe asks for a regularizer the model has no variable for
+            (build the model with ``reusable=True``).
+    """
+    from trainers.augment import RandomAugment
+
+    layers = list(_layers(model))
+    holders = [layer for layer in layers if isinstance(layer, Strengths)]
+    dropouts = [layer for layer in layers if isinstance(layer, VariableDropout)]
+    augments = [layer for layer in layers if isinstance(layer, RandomAugment)]
+    missing = [
+        f"{key}={getattr(recipe, key)!r} ({what})"
+        for key, what, present in (
+            ("l1", "no Strengths layer", holders),
+            ("l2", "no Strengths layer", holders),
+            ("dropout", "no VariableDropout layer", dropouts),
+            ("augment", "no RandomAugment layer", augments),
+        )
+        if getattr(recipe, key) > 0 and not present
+    ]
+    if missing:
+        raise ValueError(
+            f"model {model.name!r} cannot apply {', '.join(missing)}. Build it with "
+            "reusable=True so every strength is a variable."
+        )
+    for holder in holders:
+        holder.assign(recipe)
+    for layer in dropouts:  # shared variables are simply set more than once
+        layer.rate_variable.assign(np.asarray(recipe.dropout, dtype="float32"))
+    for layer in augments:
+        layer.magnitude.assign(np.asarray(recipe.augment, dtype="float32"))
+
+
+def fixed_penalties(model: keras.Model) -> list[str]:
+    """Paths of the variables whose penalty is not a `VariableL1L2` (so cannot be switched)."""
+    return [
+        variable.path
+        for variable in model.trainable_variables
+        if getattr(variable, "regularizer", None) is not None
+        and not isinstance(variable.regularizer, VariableL1L2)
+    ]
+
+
+def _layers(model: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
+    """Every layer of ``model``, nested models included, in order."""
+    for layer in model._flatten_layers(include_self=False):
+        yield layer
+
+
+def _read(value: keras.Variable | float) -> float:
+    return float(keras.ops.convert_to_numpy(value))
