@@ -54,6 +54,7 @@ def run_baselines(study: Any, config: Any, recipes: dict[str, Any], *, data: Any
         ``{name: outcome}``; an outcome has the recipe, ``cv_val_loss`` and friends, or
         ``fail_reason``.
     """
+    from search.worker import fold_curves, summarize
     from trainers.fit import TrainingFailed, cross_validate
 
     done: dict[str, dict[str, Any]] = dict(study.user_attrs.get(BASELINES_ATTR, {}))
@@ -67,10 +68,7 @@ def run_baselines(study: Any, config: Any, recipes: dict[str, Any], *, data: Any
         try:
             result = cross_validate(
                 data, folds, recipe, build, seed=config.seed, class_weight=class_weight,
-                on_fold=lambda f: tracker.log_fold(run_id, f.fold, {
-                    "train_loss": f.history["cross_entropy"],
-                    "val_loss": f.history["val_cross_entropy"],
-                    "val_accuracy": f.history["val_accuracy"]}),
+                on_fold=lambda f: tracker.log_fold(run_id, f.fold, fold_curves(f)),
             )
         except TrainingFailed as exc:
             outcome["fail_reason"] = str(exc)
@@ -79,14 +77,8 @@ def run_baselines(study: Any, config: Any, recipes: dict[str, Any], *, data: Any
             tracker.finish_trial(run_id, "INTERRUPTED", reason="interrupted (Ctrl-C)")
             raise
         else:
-            summary = {
-                "cv_val_loss": result.val_loss, "cv_val_loss_std": result.val_loss_std,
-                "cv_val_accuracy": result.val_accuracy, "cv_train_loss": result.train_loss,
-                "generalization_gap": result.generalization_gap,
-            }
-            outcome.update(summary, best_epochs=[f.best_epoch for f in result.folds],
-                           epochs_trained=sum(f.n_epochs for f in result.folds),
-                           fit_seconds=result.fit_seconds)
+            summary = summarize(result)
+            outcome.update(summary, best_epochs=[f.best_epoch for f in result.folds])
             tracker.log_metrics(run_id, summary)
             tracker.finish_trial(run_id, "COMPLETE")
         done[name] = outcome

@@ -69,7 +69,7 @@ class Objective:
             return trial.should_prune()
 
         def on_fold(fold: FoldResult) -> None:
-            self.tracker.log_fold(run_id, fold.fold, _curves(fold))
+            self.tracker.log_fold(run_id, fold.fold, fold_curves(fold))
 
         try:
             result = cross_validate(
@@ -86,7 +86,7 @@ class Objective:
             trial.set_user_attr("fail_reason", reason)
             self.tracker.finish_trial(run_id, "FAIL", reason=reason)
             raise
-        summary = _summary(result)
+        summary = summarize(result)
         for key, value in summary.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("best_epochs", [f.best_epoch for f in result.folds])
@@ -120,13 +120,15 @@ class RunningCV:
         return sum(self.finished.values()) / len(self.finished)
 
 
-def _curves(fold: FoldResult) -> dict[str, list[float]]:
+def fold_curves(fold: FoldResult) -> dict[str, list[float]]:
+    """One fold's per-epoch curves under the names MLflow records them with."""
     h = fold.history
     return {"train_loss": h["cross_entropy"], "val_loss": h["val_cross_entropy"],
             "val_accuracy": h["val_accuracy"]}
 
 
-def _summary(result: CVResult) -> dict[str, float]:
+def summarize(result: CVResult) -> dict[str, float]:
+    """The summary metrics of a cross-validated recipe (trial or baseline)."""
     return {
         "cv_val_loss": result.val_loss,
         "cv_val_loss_std": result.val_loss_std,

@@ -140,8 +140,11 @@ def test_rerun_resumes_the_study_and_counts_the_budget_across_runs(finished_stud
 
 def test_ctrl_c_ends_the_trial_cleanly_and_a_rerun_resumes(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # patience as long as the epoch budget: no early stopping, so the first trial is still
+    # training when the signal comes, however slow or fast the machine
     command = [sys.executable, "-m", "search.run", "--study", "digits", "--trials", "2",
-               "--epochs", "40", "--folds", "2", "--no-progress"]
+               "--epochs", "25", "--folds", "2", "--no-progress",
+               "--set", "space.patience={type: int, low: 25, high: 25, default: 25}"]
     proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     storage = f"sqlite:///{tmp_path}/mlruns/optuna.db"
