@@ -158,6 +158,9 @@ class RandomAugment(keras.layers.Layer):
         seed: int | None = None,
         **kwargs: Any,
     ) -> None:
+        # Pixel arithmetic and resampling stay in float32 under a mixed-precision policy (with
+        # bfloat16 the comparisons mix dtypes and fail); the next layer casts to its own dtype.
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if isinstance(magnitude, bool) or not isinstance(magnitude, (int, float)):
             raise TypeError(

@@ -26,7 +26,7 @@ __all__ = [
 # left chance level (DESIGN.md: Adam at 1e-3 holds the reference CNN at ln 25 for every epoch).
 # A loss far *above* ln(n_classes) did move: it is a bad score, not a failure, and the sampler
 # should see it.
-CHANCE_TOLERANCE = 0.02
+CHANCE_TOLERANCE = 0.01
 
 
 @dataclass(frozen=True)

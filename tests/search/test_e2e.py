@@ -145,8 +145,11 @@ def test_ctrl_c_ends_the_trial_cleanly_and_a_rerun_resumes(tmp_path: Path) -> No
     command = [sys.executable, "-m", "search.run", "--study", "digits", "--trials", "2",
                "--epochs", "25", "--folds", "2", "--no-progress",
                "--set", "space.patience={type: int, low: 25, high: 25, default: 25}"]
+    # A shell's background job inherits SIGINT ignored (and Python then keeps it ignored);
+    # give the child the default disposition, as a terminal's Ctrl-C would find it.
     proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     storage = f"sqlite:///{tmp_path}/mlruns/optuna.db"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

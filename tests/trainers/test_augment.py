@@ -170,3 +170,26 @@ def test_random_augment_rejects_unknown_preset():
 def test_augment_preset_rejects_out_of_range(field, value):
     with pytest.raises(ValueError, match=field):
         AugmentPreset(**{field: value})
+
+
+def test_random_augment_trains_under_bfloat16_mixed_precision() -> None:
+    """The layer computes in float32 whatever the policy: bfloat16 mixed precision trains."""
+    import keras
+    import numpy as np
+
+    from trainers.models import build_model
+    from trainers.recipe import Recipe
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_model("mlp", (8, 8, 1), 3, Recipe(augment=0.5, dropout=0.2), pixel_max=1.0,
+                            augment_preset="digits", hidden_layers=1, units=8)
+        assert model.get_layer("augment").compute_dtype == "float32"
+        assert model.get_layer("dense_0").compute_dtype == "bfloat16"
+        model.compile("adam", "sparse_categorical_crossentropy")
+        x = np.random.default_rng(0).uniform(size=(16, 8, 8, 1)).astype("float32")
+        history = model.fit(x, np.arange(16) % 3, epochs=1, verbose=0).history
+        assert np.isfinite(history["loss"][0])
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
