@@ -43,7 +43,7 @@ def baseline_recipes(config: Any, set_name: str) -> dict[str, Any]:
 
 
 def run_baselines(study: Any, config: Any, recipes: dict[str, Any], *, data: Any, folds: Any,
-                  build: Any, tracker: "Tracker", parent_run_id: str, console: Any = None,
+                  models: Any, tracker: "Tracker", parent_run_id: str, console: Any = None,
                   class_weight: dict[int, float] | None = None) -> dict[str, dict[str, Any]]:
     """Cross-validate each baseline once per study (a resumed study skips those already done).
 
@@ -67,7 +67,7 @@ def run_baselines(study: Any, config: Any, recipes: dict[str, Any], *, data: Any
         outcome: dict[str, Any] = {"recipe": recipe.to_dict(), "mlflow_run_id": run_id}
         try:
             result = cross_validate(
-                data, folds, recipe, build, seed=config.seed, class_weight=class_weight,
+                data, folds, recipe, models, seed=config.seed, class_weight=class_weight,
                 on_fold=lambda f: tracker.log_fold(run_id, f.fold, fold_curves(f)),
             )
         except TrainingFailed as exc:

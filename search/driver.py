@@ -65,7 +65,7 @@ def _open_session(config: StudyConfig, *, data_dir: str | None, progress: bool,
     study.set_user_attr(BACKEND_ATTR, keras.backend.backend())
     build = model_builder(config, data)
     build(make_recipe(config, config.spec.space.defaults()))  # bad model options fail here, once
-    models = make_models(config, data, build)
+    models = make_models(config, build)
 
     from trainers.imagefolder import class_weights
     from trainers.kfold import stratified_folds
@@ -164,7 +164,7 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
         try:
             baselines = run_baselines(
                 study, config, baseline_recipes(config, config.baselines),
-                data=session.data.train, folds=session.folds, build=session.models,
+                data=session.data.train, folds=session.folds, models=session.models,
                 tracker=tracker, parent_run_id=parent, console=console,
                 class_weight=session.weights,
             )
@@ -251,7 +251,7 @@ def _run_workers(study: optuna.Study, tracker: Tracker, plan: Any, argv: list[st
     return supervise(procs, on_tick=tick, on_death=died)
 
 
-def _report(study, config, data, build, tracker, parent, baselines, console, weights) -> None:  # noqa: ANN001
+def _report(study, config, data, models, tracker, parent, baselines, console, weights) -> None:  # noqa: ANN001
     """Retrain the selected trial and the baselines; print and log the held-out table."""
     from search.report import heldout_report, report_table
 
@@ -265,44 +265,33 @@ def _report(study, config, data, build, tracker, parent, baselines, console, wei
     candidates.update({f"baseline {name}": outcome for name, outcome in baselines.items()
                        if "cv_val_loss" in outcome})
     report = heldout_report(study, candidates, train=data.train, heldout=data.heldout,
-                            build=build, seed=config.seed, tracker=tracker, parent_run_id=parent,
+                            models=models, seed=config.seed, tracker=tracker, parent_run_id=parent,
                             console=console, class_weight=weights)
     console.print(report_table(report, f"held-out report of {config.name} "
                                        f"({len(data.heldout)} held-out images)"))
 
 
-def make_models(config: StudyConfig, data: StudyData, build: Any) -> Any:
+def make_models(config: StudyConfig, build: Any) -> Any:
     """The models a worker trains: one compiled model reused for every trial and fold, or
     (``--rebuild-per-trial``) a fresh build and compile each time."""
+    from trainers.recipe import Recipe
     from trainers.reuse import Rebuild, Reuse
 
     if config.rebuild_per_trial:
         return Rebuild(build)
-    from trainers.models import build_model
-    from trainers.recipe import Recipe
-
-    options = dict(config.spec.model)
-    name = options.pop("name")
-    options.setdefault("augment_preset", data.augment_preset)
-    return Reuse(functools.partial(build_model, name, data.train.image_shape, data.train.n_classes,
-                                   Recipe(), pixel_max=data.train.pixel_max, reusable=True,
-                                   **options),
-                 cache_size=config.n_folds + 2)
+    # a reusable build: every penalty and dropout present, strengths held in variables
+    return Reuse(functools.partial(build, Recipe(), reusable=True), cache_size=config.n_folds + 2)
 
 
 def model_builder(config: StudyConfig, data: StudyData):
-    """Return ``build(recipe) -> keras.Model`` for the study's model and data."""
+    """Return ``build(recipe, **extra) -> keras.Model`` for the study's model and data."""
     from trainers.models import build_model
 
     options = dict(config.spec.model)
     name = options.pop("name")
     options.setdefault("augment_preset", data.augment_preset)
-    return functools.partial(_build, build_model, name, data.train.image_shape,
-                             data.train.n_classes, pixel_max=data.train.pixel_max, **options)
-
-
-def _build(build_model, name, input_shape, n_classes, recipe, **options):  # noqa: ANN001
-    return build_model(name, input_shape, n_classes, recipe, **options)
+    return functools.partial(build_model, name, data.train.image_shape, data.train.n_classes,
+                             pixel_max=data.train.pixel_max, **options)
 
 
 def _best_value(study: optuna.Study) -> float | None:

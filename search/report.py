@@ -25,7 +25,7 @@ def final_epochs(best_epochs: list[int]) -> int:
 
 
 def heldout_report(study: Any, candidates: dict[str, dict[str, Any]], *, train: Any, heldout: Any,
-                   build: Any, seed: int, tracker: Tracker, parent_run_id: str, console: Any = None,
+                   models: Any, seed: int, tracker: Tracker, parent_run_id: str, console: Any = None,
                    class_weight: dict[int, float] | None = None) -> list[dict[str, Any]]:
     """Retrain every candidate on all of ``train`` and evaluate it once on ``heldout``.
 
@@ -49,7 +49,7 @@ def heldout_report(study: Any, candidates: dict[str, dict[str, Any]], *, train: 
             if console is not None:
                 console.print(f"retraining {label} on all {len(train)} training images for "
                               f"{epochs} epochs, then scoring {len(heldout)} held-out images")
-            result: FinalResult = train_final(train, heldout, recipe, build, epochs=epochs,
+            result: FinalResult = train_final(train, heldout, recipe, models, epochs=epochs,
                                               seed=seed, class_weight=class_weight)
             cached[label] = {
                 "key": key, "epochs": epochs, "train_loss": result.train_loss,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 
@@ -20,9 +20,6 @@ from trainers.data import Dataset
 from trainers.fit import CVResult, EpochMetrics, FoldResult, TrainingFailed, cross_validate
 from trainers.kfold import Fold
 from trainers.recipe import Recipe
-
-ModelBuilder = Callable[[Recipe], Any]
-
 
 def make_recipe(config: StudyConfig, values: dict[str, Any]) -> Recipe:
     """Combine a study's fixed training settings with one trial's searched values."""
@@ -45,7 +42,7 @@ class Objective:
     config: StudyConfig
     data: Dataset
     folds: list[Fold]
-    build: ModelBuilder
+    models: Any  # trainers.reuse.Models, or a plain build(recipe) callable
     tracker: Tracker
     parent_run_id: str
     progress: StudyProgress | None = None
@@ -73,7 +70,7 @@ class Objective:
 
         try:
             result = cross_validate(
-                self.data, self.folds, recipe, self.build, seed=self.config.seed,
+                self.data, self.folds, recipe, self.models, seed=self.config.seed,
                 on_epoch=on_epoch, on_fold=on_fold, class_weight=self.class_weight,
             )
         except KeyboardInterrupt:
