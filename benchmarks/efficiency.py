@@ -1,0 +1,287 @@
+"""Search efficiency: regsearch (TPE + pruning) vs random search vs KerasTuner Hyperband.
+
+    python -m benchmarks.efficiency --study digits --trials 12 --epochs 10 --folds 3
+
+Same study (data, model, space, fixed training settings, epoch limit) searched three ways:
+
+(a) regsearch as shipped: TPE sampler and the study's default pruner, through `build_config` /
+    `run_study` into a temporary store;
+(b) random sampling without pruning (``sampler="random"``, ``pruner="none"``), same trial budget;
+(c) KerasTuner's Hyperband on the same space (`spaces.to_keras_tuner`), objective
+    ``val_cross_entropy`` (min), ``max_epochs`` = the study's epoch limit, factor 3, early
+    stopping at each recipe's patience. KerasTuner has no k-fold: it searches on ONE
+    validation split, fold 0 of the study's stratified folds; its best recipe is then re-scored
+    with regsearch's k-fold `cross_validate` so its loss compares with (a) and (b).
+
+Measured for each: best CV loss, epochs trained (every fold's epochs; for (c) every epoch its
+`fit` calls ran) and "GPU-seconds" = seconds inside Keras ``fit`` (for (a)/(b) the trials'
+``fit_seconds``; for (c) timed around each ``fit`` of its search). Also: the seconds (a) needs to
+first reach (b)'s best CV loss, walking (a)'s trials in completion order and summing their
+``fit_seconds`` until a COMPLETE trial's value is <= (b)'s best.
+
+Targets (printed MET / NOT MET):
+  1. (a) reaches (b)'s best CV loss within a fifth of (b)'s total fit seconds;
+  2. (a)'s best CV loss is lower than (c)'s best recipe re-scored by k-fold CV.
+
+Results go to benchmarks/results/efficiency-<study>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tempfile
+import time
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# as search.run does: TF 2.21's oneDNN CPU kernels crash on some models
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def _regsearch(args: argparse.Namespace, label: str, **choice: Any) -> dict[str, Any]:
+    """Run one regsearch study into a temporary store; return its figures and trials."""
+    from optuna.trial import TrialState
+
+    from search.config import build_config
+    from search.driver import run_study
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = build_config(
+            args.study, n_trials=args.trials, max_epochs=args.epochs, n_folds=args.folds,
+            seed=args.seed, storage=f"sqlite:///{tmp}/optuna.db",
+            tracking_uri=f"sqlite:///{tmp}/mlflow.db", overrides=args.set, **choice,
+        )
+        if args.no_defaults:
+            config = config.replace(enqueue_defaults=False)
+        start = time.perf_counter()
+        outcome = run_study(config, progress=False, data_dir=args.data_dir)
+        wall = time.perf_counter() - start
+    trials = [t for t in outcome.study.trials if t.state.is_finished()]
+    trials.sort(key=lambda t: t.datetime_complete)
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None
+            and math.isfinite(t.value)]
+    best = min(done, key=lambda t: t.value) if done else None
+    return {
+        "label": label, "sampler": config.sampler, "pruner": config.pruner,
+        "trials": len(trials),
+        "complete": len(done),
+        "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+        "failed": sum(t.state == TrialState.FAIL for t in trials),
+        "best_cv_val_loss": best.value if best else math.nan,
+        "best_recipe": best.user_attrs.get("recipe") if best else None,
+        "best_trial": best.number if best else None,
+        "best_is_enqueued_defaults": bool(best and best.user_attrs.get("enqueued") == "defaults"),
+        "epochs_trained": int(sum(t.user_attrs.get("epochs_trained", 0) for t in trials)),
+        "fit_seconds": float(sum(t.user_attrs.get("fit_seconds", 0.0) for t in trials)),
+        "wall_seconds": wall,
+        # completion order: (state, value or None, fit seconds), for the time-to-target walk
+        "timeline": [(t.state.name, t.value, float(t.user_attrs.get("fit_seconds", 0.0)))
+                     for t in trials],
+    }
+
+
+def _seconds_to_reach(timeline: list, target: float) -> float | None:
+    """Fit seconds summed over trials in completion order until a COMPLETE one is <= target."""
+    spent = 0.0
+    for state, value, seconds in timeline:
+        spent += seconds
+        if state == "COMPLETE" and value is not None and value <= target:
+            return spent
+    return None
+
+
+def _keras_tuner(args: argparse.Namespace) -> dict[str, Any]:
+    """KerasTuner Hyperband on fold 0 of the study's folds; best recipe re-scored by k-fold CV."""
+    import keras
+    import keras_tuner
+
+    from search.config import build_config
+    from search.datasets import load_data
+    from search.driver import _set_precision, model_builder
+    from search.worker import make_recipe
+    from spaces import to_keras_tuner, values_from_keras_tuner
+    from trainers.fit import CROSS_ENTROPY, compile_model, cross_validate
+    from trainers.imagefolder import class_weights
+    from trainers.kfold import stratified_folds
+
+    config = build_config(args.study, max_epochs=args.epochs, n_folds=args.folds, seed=args.seed,
+                          overrides=args.set)
+    _set_precision(config.precision)
+    data = load_data(config.spec.data, where=str(config.spec.path), seed=config.seed,
+                     data_dir=args.data_dir, progress=False)
+    build = model_builder(config, data)
+    folds = stratified_folds(data.train.y, config.n_folds, config.seed)
+    weights = class_weights(data.train.y, data.train.n_classes) if data.class_weights else None
+    space = config.spec.space
+    train, val = data.train.subset(folds[0].train), data.train.subset(folds[0].val)
+    spent = {"fit_seconds": 0.0, "epochs": 0, "fits": 0}
+
+    class CountEpochs(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            spent["epochs"] += 1
+
+    class RecipeModel(keras_tuner.HyperModel):
+        """The study's model for the recipe the hyperparameters hold."""
+
+        def build(self, hp):  # noqa: ANN001, ANN201
+            recipe = make_recipe(config, values_from_keras_tuner(space, hp))
+            keras.utils.set_random_seed(config.seed)  # fold 0's initial weights, as regsearch
+            return compile_model(build(recipe), recipe)
+
+        def fit(self, hp, model, *fit_args, **kwargs):  # noqa: ANN001, ANN201
+            recipe = make_recipe(config, values_from_keras_tuner(space, hp))
+            callbacks = list(kwargs.pop("callbacks", []))
+            callbacks += [CountEpochs(), keras.callbacks.EarlyStopping(
+                monitor=f"val_{CROSS_ENTROPY}", patience=recipe.patience,
+                restore_best_weights=True)]
+            kwargs.setdefault("batch_size", recipe.batch_size)
+            start = time.perf_counter()
+            try:
+                return model.fit(*fit_args, callbacks=callbacks, class_weight=weights, **kwargs)
+            finally:
+                spent["fit_seconds"] += time.perf_counter() - start
+                spent["fits"] += 1
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tuner = keras_tuner.Hyperband(
+            RecipeModel(), objective=keras_tuner.Objective(f"val_{CROSS_ENTROPY}", "min"),
+            max_epochs=config.max_epochs, factor=3, hyperband_iterations=1, seed=config.seed,
+            hyperparameters=to_keras_tuner(space), tune_new_entries=False,
+            directory=tmp, project_name="kt", overwrite=True,
+        )
+        start = time.perf_counter()
+        tuner.search(train.x, train.y, validation_data=(val.x, val.y), verbose=0)
+        search_wall = time.perf_counter() - start
+        trials = list(tuner.oracle.trials.values())
+        best = tuner.oracle.get_best_trials(1)[0]
+        values = values_from_keras_tuner(space, best.hyperparameters)
+    recipe = make_recipe(config, values)
+    start = time.perf_counter()
+    cv = cross_validate(data.train, folds, recipe, build, seed=config.seed, class_weight=weights)
+    rescore = time.perf_counter() - start
+    return {
+        "label": "(c) KerasTuner Hyperband (fold 0 only)",
+        "trials": len(trials),
+        "complete": sum(t.status == "COMPLETED" for t in trials),
+        "failed": sum(t.status in ("FAILED", "INVALID") for t in trials),
+        "fits": spent["fits"],
+        "best_fold0_val_loss": float(best.score),
+        "best_recipe": recipe.to_dict(),
+        "best_cv_val_loss": cv.val_loss,
+        "rescore_fit_seconds": cv.fit_seconds,
+        "rescore_wall_seconds": rescore,
+        "epochs_trained": spent["epochs"],
+        "fit_seconds": spent["fit_seconds"],
+        "wall_seconds": search_wall,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--study", default="digits")
+    p.add_argument("--trials", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--folds", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override an entry of the study file (repeatable)")
+    p.add_argument("--no-defaults", action="store_true",
+                   help="do not enqueue the study file's default recipe as trial 0 of (a) and "
+                        "(b): every trial is the sampler's own")
+    args = p.parse_args()
+
+    from benchmarks._common import machine, machine_table, write_result
+
+    started = time.perf_counter()
+    a = _regsearch(args, "(a) regsearch: TPE + default pruner", sampler="tpe")
+    print({k: v for k, v in a.items() if k != "timeline"}, flush=True)
+    b = _regsearch(args, "(b) random, no pruning", sampler="random", pruner="none")
+    print({k: v for k, v in b.items() if k != "timeline"}, flush=True)
+    c = _keras_tuner(args)
+    print(c, flush=True)
+    total = time.perf_counter() - started
+
+    reach = _seconds_to_reach(a["timeline"], b["best_cv_val_loss"])
+    b_own = _seconds_to_reach(b["timeline"], b["best_cv_val_loss"])
+    fifth = b["fit_seconds"] / 5
+    target1 = reach is not None and reach <= fifth
+    target2 = a["best_cv_val_loss"] < c["best_cv_val_loss"]
+    verdict = {True: "**MET**", False: "**NOT MET**"}
+
+    def row(r: dict[str, Any], fold0: str = "") -> str:
+        return (f"| {r['label']} | {r['trials']} | {r['best_cv_val_loss']:.4f} | {fold0 or '-'} | "
+                f"{r['epochs_trained']} | {r['fit_seconds']:.1f} | {r['wall_seconds']:.1f} |")
+
+    sets = "".join(f" --set {s}" for s in args.set)
+    cmd = (f"python -m benchmarks.efficiency --study {args.study} --trials {args.trials} "
+           f"--epochs {args.epochs} --folds {args.folds} --seed {args.seed}{sets}"
+           + (" --no-defaults" if args.no_defaults else ""))
+    caveats = []
+    if a["best_is_enqueued_defaults"] and b["best_is_enqueued_defaults"]:
+        caveats.append(
+            "- **Caveat:** the best trial of both (a) and (b) is trial 0, the study file's default "
+            "recipe that both enqueue first; target 1 is then met by that trial alone and says "
+            "nothing about TPE or the pruner (rerun with `--no-defaults`).\n")
+    if a["sampler"] == "tpe":
+        # Optuna's TPE samples at random until n_startup_trials (10) trials are complete or
+        # pruned (failed ones do not count), seeded like (b)'s RandomSampler: the same recipes.
+        own = sum(sum(st in ("COMPLETE", "PRUNED") for st, _, _ in a["timeline"][:i]) >= 10
+                  for i in range(len(a["timeline"])))
+        caveats.append(
+            f"- TPE samples at random until 10 trials are complete or pruned (Optuna's "
+            f"n_startup_trials; failed trials do not count), seeded like (b)'s sampler, so those "
+            f"recipes are (b)'s: only {own} of (a)'s {a['trials']} trials are TPE's own; before "
+            f"that (a) differs from (b) by its pruner alone.\n")
+    reach_text = (f"{reach:.1f} s" if reach is not None
+                  else f"never (no COMPLETE trial of (a) got to {b['best_cv_val_loss']:.4f})")
+    md = (
+        f"# Search efficiency on `{args.study}`: {args.trials} trials, {args.folds} folds, "
+        f"{args.epochs} epochs at most\n\n`{cmd}`\n\n"
+        f"| search | trials | best CV val_loss ({args.folds}-fold) | best fold-0 val_loss | "
+        f"epochs trained | fit (\"GPU\") s | wall s |\n"
+        f"| --- | --- | --- | --- | --- | --- | --- |\n"
+        f"{row(a)}\n{row(b)}\n{row(c, format(c['best_fold0_val_loss'], '.4f'))}\n\n"
+        f"- (a): {a['complete']} complete, {a['pruned']} pruned, {a['failed']} failed "
+        f"(sampler {a['sampler']}, pruner {a['pruner']}). (b): {b['complete']} complete, "
+        f"{b['failed']} failed.\n"
+        f"- (c) KerasTuner Hyperband (max_epochs={args.epochs}, factor 3, one iteration) ran "
+        f"{c['trials']} trials ({c['fits']} `fit` calls, {c['epochs_trained']} epochs) on ONE "
+        f"split, fold 0 of the study's stratified folds (KerasTuner has no k-fold). Its "
+        f"best recipe scored {c['best_fold0_val_loss']:.4f} on fold 0; re-scored with "
+        f"regsearch's {args.folds}-fold `cross_validate` (not counted in its epochs/seconds: "
+        f"{c['rescore_fit_seconds']:.1f} s more) it scores **{c['best_cv_val_loss']:.4f}**, the "
+        f"figure in the CV column.\n"
+        f"- Epochs trained: every epoch of every fold actually run (early stopping and pruning "
+        f"included); {args.trials * args.folds * args.epochs} would be every regsearch trial "
+        f"training every fold to the limit.\n"
+        f"- \"GPU\" seconds are seconds inside Keras `fit` (compilation on the first batch "
+        f"included); here they were spent on {machine().get('gpu', 'the CPU')}.\n"
+        + "".join(caveats) + "\n"
+        f"| target | figure | verdict |\n| --- | --- | --- |\n"
+        f"| (a) reaches (b)'s best CV loss ({b['best_cv_val_loss']:.4f}) within 1/5 of (b)'s "
+        f"fit seconds ({b['fit_seconds']:.1f} / 5 = {fifth:.1f} s) | (a) needed {reach_text} "
+        f"((b) itself needed {b_own:.1f} s to reach it) | {verdict[target1]} |\n"
+        f"| (a) ends lower than (c) | (a) {a['best_cv_val_loss']:.4f} vs (c) "
+        f"{c['best_cv_val_loss']:.4f} (CV re-score) | {verdict[target2]} |\n\n"
+        f"Whole benchmark: {total:.0f} s wall.\n\n"
+        + machine_table(machine())
+    )
+    result = {
+        "command": cmd, "study": args.study, "trials": args.trials, "folds": args.folds,
+        "max_epochs": args.epochs, "seed": args.seed, "overrides": args.set,
+        "enqueue_defaults": not args.no_defaults,
+        "regsearch": a, "random": b, "keras_tuner": c,
+        "a_seconds_to_reach_b_best": reach, "b_seconds_to_reach_b_best": b_own,
+        "target_a_reaches_b_within_fifth": target1, "target_a_below_c": target2,
+        "total_wall_seconds": total, "machine": machine(),
+    }
+    print(md)
+    name = f"efficiency-{args.study}" + ("-nodefaults" if args.no_defaults else "")
+    print(f"written: {write_result(name, result, md)}")
+
+
+if __name__ == "__main__":
+    main()
