@@ -100,8 +100,8 @@ def model_from_recipe(path_or_document: str | Path | dict[str, Any], *, compile:
 
     Use it to train the selected recipe on your own pipeline: the model carries the recipe's
     L1/L2 penalties, dropout and augmentation; with ``compile=True`` it is compiled with Adam at
-    the recipe's learning rate. Add ``trainers.regularization.early_stopping(recipe)`` (or
-    ``recipe_callbacks``) to ``fit`` for the recipe's early stopping.
+    the recipe's learning rate. Add ``trainers.regularization.early_stopping(recipe)`` to
+    ``fit`` for the recipe's early stopping.
 
     Returns:
         ``(model, recipe)``: a `keras.Model` and the `trainers.Recipe` it was built from.

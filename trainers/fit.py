@@ -14,6 +14,7 @@ import numpy as np
 from trainers.data import Dataset
 from trainers.kfold import Fold
 from trainers.recipe import Recipe
+from trainers.regularization import early_stopping
 from trainers.reuse import CROSS_ENTROPY, Models, SeedAtTrainBegin, as_models, compile_model
 
 __all__ = [
@@ -151,9 +152,7 @@ def cross_validate(
     for fold in folds:
         model = models.prepare(recipe, seed + fold.index)
         reporter = _Reporter(fold.index, recipe.max_epochs, on_epoch)
-        stopper = keras.callbacks.EarlyStopping(
-            monitor=f"val_{CROSS_ENTROPY}", patience=recipe.patience, restore_best_weights=True
-        )
+        stopper = early_stopping(recipe)
         train, val = data.subset(fold.train), data.subset(fold.val)
         start = time.perf_counter()
         history = model.fit(

@@ -18,6 +18,11 @@ from keras import ops
 
 from trainers.recipe import Recipe
 
+# Keras 3 adds the L1/L2 penalty to `loss` *and* `val_loss`; judging recipes on that would
+# punish regularization for its own penalty. Every loss the trainer reports, and the one early
+# stopping watches, is the plain cross-entropy, tracked as a metric of this name.
+CROSS_ENTROPY = "cross_entropy"
+
 
 @keras.saving.register_keras_serializable(package="regsearch")
 class VariableL1L2(keras.regularizers.Regularizer):
@@ -220,9 +225,13 @@ def dropout(
 
 
 def early_stopping(recipe: Recipe) -> keras.callbacks.EarlyStopping:
-    """Return early stopping on ``val_loss`` that restores the best epoch's weights."""
+    """Return early stopping that restores the best epoch's weights.
+
+    It watches the validation cross-entropy (``val_cross_entropy``, the metric
+    `trainers.fit.compile_model` adds), not ``val_loss``, which includes the kernel penalty.
+    """
     return keras.callbacks.EarlyStopping(
-        monitor="val_loss",
+        monitor=f"val_{CROSS_ENTROPY}",
         patience=recipe.patience,
         restore_best_weights=True,
     )

@@ -17,12 +17,12 @@ import keras
 import numpy as np
 
 from trainers.recipe import Recipe
-from trainers.regularization import assign_strengths, fixed_penalties, reseed_dropout
-
-# Keras 3 adds the L1/L2 penalty to `loss` *and* `val_loss`; judging recipes on that would
-# punish regularization for its own penalty. Every loss the trainer reports is the plain
-# cross-entropy, tracked as a metric of this name.
-CROSS_ENTROPY = "cross_entropy"
+from trainers.regularization import (
+    CROSS_ENTROPY,
+    assign_strengths,
+    fixed_penalties,
+    reseed_dropout,
+)
 
 JitCompile = bool | str
 

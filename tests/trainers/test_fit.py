@@ -174,3 +174,18 @@ def test_cross_validate_keeps_a_loss_far_above_chance_as_a_score() -> None:
     result = cross_validate(data, folds, Recipe(max_epochs=2, batch_size=8, learning_rate=1e-9),
                             _tiny(scale=50.0), seed=3)
     assert result.val_loss > 1.5 * math.log(3)
+
+
+def test_early_stopping_watches_the_cross_entropy_that_compile_model_adds() -> None:
+    """Exported recipes stop on the penalty-free loss, like the trials that selected them."""
+    from trainers.fit import compile_model
+    from trainers.regularization import early_stopping
+
+    data = _blobs()
+    recipe = Recipe(l2=10.0, patience=2, max_epochs=2, batch_size=8)
+    model = compile_model(_tiny()(recipe), recipe)
+    stopper = early_stopping(recipe)
+    history = model.fit(data.x, data.y, validation_data=(data.x, data.y), epochs=2, verbose=0,
+                        callbacks=[stopper]).history
+    assert stopper.monitor == f"val_{CROSS_ENTROPY}" and stopper.monitor in history
+    assert stopper.patience == 2 and stopper.restore_best_weights
