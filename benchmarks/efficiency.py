@@ -1,6 +1,6 @@
 """Search efficiency: regsearch (TPE + pruning) vs random search vs KerasTuner Hyperband.
 
-    python -m benchmarks.efficiency --study digits --trials 12 --epochs 10 --folds 3
+    python -m benchmarks.efficiency --study digits --trials 30 --epochs 10 --folds 3 --seeds 0 1 2
 
 Same study (data, model, space, fixed training settings, epoch limit) searched three ways:
 
@@ -40,7 +40,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
-def _regsearch(args: argparse.Namespace, label: str, **choice: Any) -> dict[str, Any]:
+def _regsearch(args: argparse.Namespace, label: str, seed: int, extra: tuple[str, ...] = (),
+               **choice: Any) -> dict[str, Any]:
     """Run one regsearch study into a temporary store; return its figures and trials."""
     from optuna.trial import TrialState
 
@@ -50,8 +51,8 @@ def _regsearch(args: argparse.Namespace, label: str, **choice: Any) -> dict[str,
     with tempfile.TemporaryDirectory() as tmp:
         config = build_config(
             args.study, n_trials=args.trials, max_epochs=args.epochs, n_folds=args.folds,
-            seed=args.seed, storage=f"sqlite:///{tmp}/optuna.db",
-            tracking_uri=f"sqlite:///{tmp}/mlflow.db", overrides=args.set, **choice,
+            seed=seed, storage=f"sqlite:///{tmp}/optuna.db",
+            tracking_uri=f"sqlite:///{tmp}/mlflow.db", overrides=[*args.set, *extra], **choice,
         )
         if args.no_defaults:
             config = config.replace(enqueue_defaults=False)
@@ -64,7 +65,8 @@ def _regsearch(args: argparse.Namespace, label: str, **choice: Any) -> dict[str,
             and math.isfinite(t.value)]
     best = min(done, key=lambda t: t.value) if done else None
     return {
-        "label": label, "sampler": config.sampler, "pruner": config.pruner,
+        "label": label, "seed": seed, "sampler": config.sampler, "pruner": config.pruner,
+        "tpe_options": config.tpe_options, "overrides": list(extra),
         "trials": len(trials),
         "complete": len(done),
         "pruned": sum(t.state == TrialState.PRUNED for t in trials),
@@ -92,7 +94,7 @@ def _seconds_to_reach(timeline: list, target: float) -> float | None:
     return None
 
 
-def _keras_tuner(args: argparse.Namespace) -> dict[str, Any]:
+def _keras_tuner(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """KerasTuner Hyperband on fold 0 of the study's folds; best recipe re-scored by k-fold CV."""
     import keras
     import keras_tuner
@@ -106,7 +108,7 @@ def _keras_tuner(args: argparse.Namespace) -> dict[str, Any]:
     from trainers.imagefolder import class_weights
     from trainers.kfold import stratified_folds
 
-    config = build_config(args.study, max_epochs=args.epochs, n_folds=args.folds, seed=args.seed,
+    config = build_config(args.study, max_epochs=args.epochs, n_folds=args.folds, seed=seed,
                           overrides=args.set)
     _set_precision(config.precision)
     data = load_data(config.spec.data, where=str(config.spec.path), seed=config.seed,
@@ -162,7 +164,7 @@ def _keras_tuner(args: argparse.Namespace) -> dict[str, Any]:
     cv = cross_validate(data.train, folds, recipe, build, seed=config.seed, class_weight=weights)
     rescore = time.perf_counter() - start
     return {
-        "label": "(c) KerasTuner Hyperband (fold 0 only)",
+        "label": "(c) KerasTuner Hyperband (fold 0 only)", "seed": seed,
         "trials": len(trials),
         "complete": sum(t.status == "COMPLETED" for t in trials),
         "failed": sum(t.status in ("FAILED", "INVALID") for t in trials),
@@ -178,108 +180,146 @@ def _keras_tuner(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _startup_note(a: dict[str, Any]) -> str:
+    """How many of (a)'s trials TPE chose itself rather than at random (its startup trials)."""
+    startup = a["tpe_options"].get("n_startup_trials", 10)
+    own = sum(sum(st in ("COMPLETE", "PRUNED") for st, _, _ in a["timeline"][:i]) >= startup
+              for i in range(len(a["timeline"])))
+    return f"{own} of {a['trials']}"
+
+
+def _parse_variant(text: str) -> tuple[str, tuple[str, ...]]:
+    label, sep, overrides = text.partition(":")
+    if not sep or not label:
+        raise SystemExit(f"--variant {text!r}: expected LABEL:SECTION.KEY=VALUE[;...]")
+    return label, tuple(o.strip() for o in overrides.split(";") if o.strip())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--study", default="digits")
     p.add_argument("--trials", type=int, default=12)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--folds", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="study seeds (folds, samplers, initial weights); every search runs "
+                        "once per seed")
     p.add_argument("--data-dir")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override an entry of the study file (repeatable)")
+                   help="override an entry of the study file for every search (repeatable)")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL:OVERRIDES",
+                   help="also run (a) with these ';'-separated overrides, e.g. "
+                        "'mv:search.tpe={multivariate: true, group: true}' (repeatable)")
     p.add_argument("--no-defaults", action="store_true",
                    help="do not enqueue the study file's default recipe as trial 0 of (a) and "
                         "(b): every trial is the sampler's own")
+    p.add_argument("--name", help="result file name (default: efficiency-<study>)")
     args = p.parse_args()
+    variants = [("a", ())] + [_parse_variant(v) for v in args.variant]
 
     from benchmarks._common import machine, machine_table, write_result
 
     started = time.perf_counter()
-    a = _regsearch(args, "(a) regsearch: TPE + default pruner", sampler="tpe")
-    print({k: v for k, v in a.items() if k != "timeline"}, flush=True)
-    b = _regsearch(args, "(b) random, no pruning", sampler="random", pruner="none")
-    print({k: v for k, v in b.items() if k != "timeline"}, flush=True)
-    c = _keras_tuner(args)
-    print(c, flush=True)
+    runs: list[dict[str, Any]] = []
+    for seed in args.seeds:
+        b = _regsearch(args, "(b) random, no pruning", seed, sampler="random", pruner="none")
+        print({k: v for k, v in b.items() if k != "timeline"}, flush=True)
+        c = _keras_tuner(args, seed)
+        print(c, flush=True)
+        b_own = _seconds_to_reach(b["timeline"], b["best_cv_val_loss"])
+        fifth = b["fit_seconds"] / 5
+        for label, extra in variants:
+            name = "(a) regsearch: TPE + default pruner" + ("" if label == "a" else f" [{label}]")
+            a = _regsearch(args, name, seed, extra, sampler="tpe")
+            print({k: v for k, v in a.items() if k != "timeline"}, flush=True)
+            reach = _seconds_to_reach(a["timeline"], b["best_cv_val_loss"])
+            runs.append({
+                "seed": seed, "variant": label, "regsearch": a, "random": b, "keras_tuner": c,
+                "a_seconds_to_reach_b_best": reach, "b_seconds_to_reach_b_best": b_own,
+                "reach_fraction_of_b": None if reach is None else reach / b["fit_seconds"],
+                "target_a_reaches_b_within_fifth": reach is not None and reach <= fifth,
+                "target_a_below_c": a["best_cv_val_loss"] < c["best_cv_val_loss"],
+            })
     total = time.perf_counter() - started
 
-    reach = _seconds_to_reach(a["timeline"], b["best_cv_val_loss"])
-    b_own = _seconds_to_reach(b["timeline"], b["best_cv_val_loss"])
-    fifth = b["fit_seconds"] / 5
-    target1 = reach is not None and reach <= fifth
-    target2 = a["best_cv_val_loss"] < c["best_cv_val_loss"]
-    verdict = {True: "**MET**", False: "**NOT MET**"}
-
-    def row(r: dict[str, Any], fold0: str = "") -> str:
-        return (f"| {r['label']} | {r['trials']} | {r['best_cv_val_loss']:.4f} | {fold0 or '-'} | "
-                f"{r['epochs_trained']} | {r['fit_seconds']:.1f} | {r['wall_seconds']:.1f} |")
-
     sets = "".join(f" --set {s}" for s in args.set)
+    variant_args = "".join(f" --variant '{v}'" for v in args.variant)
     cmd = (f"python -m benchmarks.efficiency --study {args.study} --trials {args.trials} "
-           f"--epochs {args.epochs} --folds {args.folds} --seed {args.seed}{sets}"
+           f"--epochs {args.epochs} --folds {args.folds} --seeds "
+           f"{' '.join(map(str, args.seeds))}{sets}{variant_args}"
            + (" --no-defaults" if args.no_defaults else ""))
-    caveats = []
-    if a["best_is_enqueued_defaults"] and b["best_is_enqueued_defaults"]:
-        caveats.append(
-            "- **Caveat:** the best trial of both (a) and (b) is trial 0, the study file's default "
-            "recipe that both enqueue first; target 1 is then met by that trial alone and says "
-            "nothing about TPE or the pruner (rerun with `--no-defaults`).\n")
-    if a["sampler"] == "tpe":
-        # Optuna's TPE samples at random until n_startup_trials (10) trials are complete or
-        # pruned (failed ones do not count), seeded like (b)'s RandomSampler: the same recipes.
-        own = sum(sum(st in ("COMPLETE", "PRUNED") for st, _, _ in a["timeline"][:i]) >= 10
-                  for i in range(len(a["timeline"])))
-        caveats.append(
-            f"- TPE samples at random until 10 trials are complete or pruned (Optuna's "
-            f"n_startup_trials; failed trials do not count), seeded like (b)'s sampler, so those "
-            f"recipes are (b)'s: only {own} of (a)'s {a['trials']} trials are TPE's own; before "
-            f"that (a) differs from (b) by its pruner alone.\n")
-    reach_text = (f"{reach:.1f} s" if reach is not None
-                  else f"never (no COMPLETE trial of (a) got to {b['best_cv_val_loss']:.4f})")
+    yes = {True: "MET", False: "not met"}
+
+    def fmt(x: float | None) -> str:
+        return "never" if x is None else f"{x:.1f}"
+
+    rows = []
+    for r in runs:
+        a, b, c = r["regsearch"], r["random"], r["keras_tuner"]
+        fraction = r["reach_fraction_of_b"]
+        rows.append(
+            f"| {r['seed']} | {r['variant']} | {a['best_cv_val_loss']:.4f} | "
+            f"{b['best_cv_val_loss']:.4f} | {c['best_cv_val_loss']:.4f} | "
+            f"{a['fit_seconds']:.1f} | {b['fit_seconds']:.1f} | {c['fit_seconds']:.1f} | "
+            f"{fmt(r['a_seconds_to_reach_b_best'])} | {fmt(r['b_seconds_to_reach_b_best'])} | "
+            f"{'-' if fraction is None else format(fraction, '.2f')} | "
+            f"{a['complete']}/{a['pruned']}/{a['failed']} | {_startup_note(a)} | "
+            f"{yes[r['target_a_reaches_b_within_fifth']]} | {yes[r['target_a_below_c']]} |")
+    summary = []
+    for label, extra in variants:
+        mine = [r for r in runs if r["variant"] == label]
+        fractions = sorted(r["reach_fraction_of_b"] if r["reach_fraction_of_b"] is not None
+                           else math.inf for r in mine)
+        median = fractions[len(fractions) // 2] if len(fractions) % 2 else (
+            (fractions[len(fractions) // 2 - 1] + fractions[len(fractions) // 2]) / 2)
+        wins = sum(r["target_a_below_c"] for r in mine)
+        fifths = sum(r["target_a_reaches_b_within_fifth"] for r in mine)
+        lower_than_b = sum(r["regsearch"]["best_cv_val_loss"] < r["random"]["best_cv_val_loss"]
+                           for r in mine)
+        summary.append(
+            f"| {label} | {'; '.join(extra) or 'as shipped'} | {median:.2f} | "
+            f"{fifths} of {len(mine)} | {lower_than_b} of {len(mine)} | {wins} of {len(mine)} |")
+    c0 = runs[0]["keras_tuner"]
     md = (
         f"# Search efficiency on `{args.study}`: {args.trials} trials, {args.folds} folds, "
-        f"{args.epochs} epochs at most\n\n`{cmd}`\n\n"
-        f"| search | trials | best CV val_loss ({args.folds}-fold) | best fold-0 val_loss | "
-        f"epochs trained | fit (\"GPU\") s | wall s |\n"
-        f"| --- | --- | --- | --- | --- | --- | --- |\n"
-        f"{row(a)}\n{row(b)}\n{row(c, format(c['best_fold0_val_loss'], '.4f'))}\n\n"
-        f"- (a): {a['complete']} complete, {a['pruned']} pruned, {a['failed']} failed "
-        f"(sampler {a['sampler']}, pruner {a['pruner']}). (b): {b['complete']} complete, "
-        f"{b['failed']} failed.\n"
-        f"- (c) KerasTuner Hyperband (max_epochs={args.epochs}, factor 3, one iteration) ran "
-        f"{c['trials']} trials ({c['fits']} `fit` calls, {c['epochs_trained']} epochs) on ONE "
-        f"split, fold 0 of the study's stratified folds (KerasTuner has no k-fold). Its "
-        f"best recipe scored {c['best_fold0_val_loss']:.4f} on fold 0; re-scored with "
-        f"regsearch's {args.folds}-fold `cross_validate` (not counted in its epochs/seconds: "
-        f"{c['rescore_fit_seconds']:.1f} s more) it scores **{c['best_cv_val_loss']:.4f}**, the "
-        f"figure in the CV column.\n"
-        f"- Epochs trained: every epoch of every fold actually run (early stopping and pruning "
-        f"included); {args.trials * args.folds * args.epochs} would be every regsearch trial "
-        f"training every fold to the limit.\n"
-        f"- \"GPU\" seconds are seconds inside Keras `fit` (compilation on the first batch "
-        f"included); here they were spent on {machine().get('gpu', 'the CPU')}.\n"
-        + "".join(caveats) + "\n"
-        f"| target | figure | verdict |\n| --- | --- | --- |\n"
-        f"| (a) reaches (b)'s best CV loss ({b['best_cv_val_loss']:.4f}) within 1/5 of (b)'s "
-        f"fit seconds ({b['fit_seconds']:.1f} / 5 = {fifth:.1f} s) | (a) needed {reach_text} "
-        f"((b) itself needed {b_own:.1f} s to reach it) | {verdict[target1]} |\n"
-        f"| (a) ends lower than (c) | (a) {a['best_cv_val_loss']:.4f} vs (c) "
-        f"{c['best_cv_val_loss']:.4f} (CV re-score) | {verdict[target2]} |\n\n"
-        f"Whole benchmark: {total:.0f} s wall.\n\n"
-        + machine_table(machine())
+        f"{args.epochs} epochs at most, seeds {', '.join(map(str, args.seeds))}\n\n`{cmd}`\n\n"
+        f"(a) regsearch as shipped (TPE + the study's pruner); (b) random sampling, no pruning; "
+        f"(c) KerasTuner Hyperband (max_epochs={args.epochs}, factor 3, one iteration) on ONE "
+        f"split, fold 0 of the study's folds (KerasTuner has no k-fold), its best recipe "
+        f"re-scored by regsearch's {args.folds}-fold `cross_validate` (the CV figure below; the "
+        f"re-scoring is not counted in its seconds). \"GPU\" seconds are seconds inside Keras "
+        f"`fit`, compilation included; here spent on {machine().get('gpu', 'the CPU')}. "
+        f"\"to (b)'s best\": fit seconds summed over a search's trials in completion order "
+        f"until a complete trial is at or below (b)'s best CV loss.\n\n"
+        f"## Summary\n\n"
+        f"| (a) variant | overrides | median (a) seconds to (b)'s best / (b) seconds "
+        f"(target <= 0.20) | target 1 met | (a) best < (b) best | (a) best < (c) best "
+        f"(target 2) |\n| --- | --- | --- | --- | --- | --- |\n" + "\n".join(summary) + "\n\n"
+        f"## Every run\n\n"
+        f"| seed | (a) variant | (a) best CV | (b) best CV | (c) best CV | (a) s | (b) s | (c) s | "
+        f"(a) s to (b)'s best | (b) s to its best | fraction of (b) s | (a) complete/pruned/"
+        f"failed | (a) trials TPE chose | target 1 | target 2 |\n"
+        f"| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | "
+        f"--- |\n" + "\n".join(rows) + "\n\n"
+        f"- (c) ran {c0['trials']} KerasTuner trials ({c0['fits']} `fit` calls, "
+        f"{c0['epochs_trained']} epochs) for seed {c0['seed']}.\n"
+        f"- \"Trials TPE chose\": TPE samples at random until n_startup_trials trials are "
+        f"complete or pruned (failed ones do not count), seeded like (b)'s sampler, so before "
+        f"that (a) differs from (b) by its pruner alone.\n"
+        + ("" if args.no_defaults else
+           "- The study file's default recipe is enqueued as trial 0 of (a) and (b): where it is "
+           "the best of both, target 1 is met by that trial alone (rerun with --no-defaults).\n")
+        + f"\nWhole benchmark: {total:.0f} s wall.\n\n" + machine_table(machine())
     )
     result = {
         "command": cmd, "study": args.study, "trials": args.trials, "folds": args.folds,
-        "max_epochs": args.epochs, "seed": args.seed, "overrides": args.set,
-        "enqueue_defaults": not args.no_defaults,
-        "regsearch": a, "random": b, "keras_tuner": c,
-        "a_seconds_to_reach_b_best": reach, "b_seconds_to_reach_b_best": b_own,
-        "target_a_reaches_b_within_fifth": target1, "target_a_below_c": target2,
+        "max_epochs": args.epochs, "seeds": args.seeds, "overrides": args.set,
+        "variants": {label: list(extra) for label, extra in variants},
+        "enqueue_defaults": not args.no_defaults, "runs": runs,
         "total_wall_seconds": total, "machine": machine(),
     }
     print(md)
-    name = f"efficiency-{args.study}" + ("-nodefaults" if args.no_defaults else "")
+    name = args.name or (f"efficiency-{args.study}" + ("-nodefaults" if args.no_defaults else ""))
     print(f"written: {write_result(name, result, md)}")
 
 

@@ -23,6 +23,7 @@ class StudyConfig:
         n_trials: trial budget over the whole study, counted across invocations.
         timeout: seconds after which this invocation starts no new trial (None: no limit).
         n_folds, max_epochs, sampler, pruner, seed: override the study file's values.
+        tpe_options: the study file's ``search.tpe`` options, over `search.study.TPE_DEFAULTS`.
         storage: Optuna storage URL, or a path to a journal file.
         tracking_uri: MLflow tracking URI.
         fresh: delete the stored study and start over.
@@ -49,6 +50,7 @@ class StudyConfig:
     report: bool = True
     precision: str = "float32"
     rebuild_per_trial: bool = False
+    tpe_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_int("--trials", self.n_trials, low=1)
@@ -139,6 +141,7 @@ def build_config(
         timeout=timeout,
         fresh=fresh,
         enqueue_defaults=s.enqueue_defaults,
+        tpe_options=dict(s.tpe),
         baselines=baselines,
         report=report,
         precision=precision,

@@ -57,7 +57,7 @@ def _open_session(config: StudyConfig, *, data_dir: str | None, progress: bool,
                      data_dir=data_dir, progress=progress)
     study = open_study(config, worker=worker, create=worker == 0)
     tracker = Tracker(config.tracking_uri)
-    _fail_stale(study, tracker)
+    _fail_stale(study)
     parent = _agree_on_parent(study, config, tracker)
     study.set_user_attr(DATA_ATTR, {**data.describe(), "augment_preset": data.augment_preset})
     import keras
@@ -83,18 +83,12 @@ def _set_precision(precision: str) -> None:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
 
 
-def _fail_stale(study: optuna.Study, tracker: Tracker) -> None:
-    """Fail trials whose worker stopped sending heartbeats, and close their MLflow runs."""
-    if not isinstance(study._storage, optuna.storages.RDBStorage):
-        return
-    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    if not running:
-        return
+def _fail_stale(study: optuna.Study) -> None:
+    """Fail trials whose worker stopped sending heartbeats (their MLflow runs are closed too).
+
+    Optuna checks before each trial; this covers a study resumed after every worker died.
+    """
     optuna.storages.fail_stale_trials(study)
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        if trial.number in running and "mlflow_run_id" in trial.user_attrs:
-            tracker.finish_trial(trial.user_attrs["mlflow_run_id"], "FAIL",
-                                 reason="worker stopped sending heartbeats")
 
 
 def _agree_on_parent(study: optuna.Study, config: StudyConfig, tracker: Tracker) -> str:

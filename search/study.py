@@ -18,11 +18,41 @@ PARENT_RUN_ATTR = "regsearch.mlflow_parent_run_id"
 INTERRUPTED_ATTR = "interrupted"
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
+STALE_REASON = "worker stopped sending heartbeats"
+
+
+class StaleTrialCallback:
+    """What happens to a trial whose worker stopped sending heartbeats.
+
+    Whichever worker notices first (Optuna checks before every trial) marks it FAIL, closes its
+    MLflow run as FAILED with the reason, and queues the same parameters once more (Optuna's
+    `RetryHeartbeatStaleTrialCallback`, one retry). Without the MLflow part the dead worker's
+    run would stay RUNNING in the UI forever.
+    """
+
+    def __init__(self, tracking_uri: str | None, max_retry: int = 1) -> None:
+        self.tracking_uri = tracking_uri
+        self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if self.tracking_uri and run_id:
+            from search.tracking import Tracker
+
+            try:
+                Tracker(self.tracking_uri).finish_trial(run_id, "FAIL", reason=STALE_REASON)
+            except Exception as exc:  # noqa: BLE001 (the retry must still be queued)
+                warnings.warn(f"could not close the MLflow run {run_id} of stale trial "
+                              f"{trial.number}: {exc}", stacklevel=1)
+        self.retry(study, trial)
+
+
+def open_storage(url: str, tracking_uri: str | None = None) -> optuna.storages.BaseStorage:
     """Return the Optuna storage for a URL (``sqlite:///``, ``postgresql://``...) or a journal path.
 
     A plain path (``*.journal`` / ``*.log``) becomes a `JournalStorage` on a file. SQLite and
-    other databases get heartbeats, so a trial whose worker died is marked failed.
+    other databases get heartbeats, so a trial whose worker died is marked failed, retried
+    once, and its MLflow run in ``tracking_uri`` closed (`StaleTrialCallback`).
     """
     if "://" not in url:
         from optuna.storages.journal import JournalFileBackend
@@ -37,9 +67,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             url,
             heartbeat_interval=60,
             grace_period=180,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=1
-            ),
+            heartbeat_stale_trial_callback=StaleTrialCallback(tracking_uri),
         ))
 
 
@@ -72,12 +100,22 @@ def _is_schema_race(exc: BaseException) -> bool:
     return "already exists" in text or "out-of-date database schema" in text
 
 
+# TPESampler options regsearch sets unless a study file's ``search.tpe`` says otherwise.
+# constant_liar: a trial still running counts as a bad result, so workers started together do
+# not all sample the same region (Optuna recommends it for parallel workers; with one worker
+# nothing else is running and it changes nothing).
+TPE_DEFAULTS: dict[str, object] = {"constant_liar": True}
+
+
 def make_sampler(config: StudyConfig, worker: int = 0) -> optuna.samplers.BaseSampler:
     """Return the config's sampler, seeded from the study seed (and the worker index)."""
     seed = config.seed + 1000 * worker
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+    options = {**TPE_DEFAULTS, **config.tpe_options}
+    with warnings.catch_warnings():  # multivariate, group, constant_liar are "experimental"
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, **options)
 
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
@@ -118,7 +156,7 @@ def open_study(config: StudyConfig, *, worker: int = 0, create: bool = True) -> 
         ValueError: the stored study was created with other settings (the message says
             which, and that ``--fresh`` starts over).
     """
-    storage = open_storage(config.storage)
+    storage = open_storage(config.storage, config.tracking_uri)
     if config.fresh and create:
         try:
             optuna.delete_study(study_name=config.name, storage=storage)

@@ -16,8 +16,13 @@ BUILTIN_DIR = Path(__file__).resolve().parent
 SECTIONS = ("name", "description", "data", "model", "training", "search", "space")
 # Fixed per study: the recipe fields a space may also search, plus the epoch budget.
 TRAINING_KEYS = tuple(FLOAT_DOMAINS) + tuple(INT_DOMAINS) + ("max_epochs",)
-SEARCH_KEYS = ("n_folds", "n_trials", "sampler", "pruner", "seed", "enqueue_defaults")
+SEARCH_KEYS = ("n_folds", "n_trials", "sampler", "pruner", "seed", "enqueue_defaults", "tpe")
 SAMPLERS = ("tpe", "random")
+# Options of Optuna's TPESampler a study file may set under ``search.tpe`` (the rest of
+# TPESampler's arguments are regsearch's to choose: seed, the trial filter...).
+TPE_BOOL_OPTIONS = ("multivariate", "group", "constant_liar", "consider_endpoints")
+TPE_INT_OPTIONS = {"n_startup_trials": 0, "n_ei_candidates": 1}
+TPE_OPTIONS = TPE_BOOL_OPTIONS + tuple(TPE_INT_OPTIONS)
 PRUNERS = ("hyperband", "sha", "median", "none")
 
 
@@ -31,6 +36,7 @@ class SearchSettings:
     pruner: str = "median"
     seed: int = 0
     enqueue_defaults: bool = True
+    tpe: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Store what the checks return: YAML `n_folds: 3.0` passes check_int, and a float
@@ -44,6 +50,25 @@ class SearchSettings:
             raise TypeError(
                 f"'enqueue_defaults' must be true or false; got {self.enqueue_defaults!r}."
             )
+        object.__setattr__(self, "tpe", check_tpe_options(self.tpe))
+
+
+def check_tpe_options(options: Any) -> dict[str, Any]:
+    """Return the ``search.tpe`` mapping checked: known TPESampler options with valid values.
+
+    Raises:
+        TypeError, ValueError: the message names the option and what it accepts.
+    """
+    options = check_keys("tpe", options, TPE_OPTIONS)
+    checked: dict[str, Any] = {}
+    for key, value in options.items():
+        if key in TPE_BOOL_OPTIONS:
+            if not isinstance(value, bool):
+                raise TypeError(f"'tpe.{key}' must be true or false; got {value!r}.")
+            checked[key] = value
+        else:
+            checked[key] = check_int(f"tpe.{key}", value, low=TPE_INT_OPTIONS[key])
+    return checked
 
 
 @dataclass(frozen=True)
@@ -177,7 +202,7 @@ def parse_study(raw: Any, *, path: Path, where: str) -> StudySpec:
     try:
         search = SearchSettings(**search_raw)
     except (TypeError, ValueError) as exc:
-        raise type(exc)(f"{where}: search.{exc}") from None
+        raise type(exc)(f"{where}: in 'search': {exc}") from None
 
     space_raw = raw.get("space")
     if not isinstance(space_raw, dict) or not space_raw:

@@ -69,3 +69,57 @@ def test_pruner_stops_a_trial_that_ends_its_first_fold_worse(pruner: str) -> Non
         _complete(study, _fold_curve(1.0, 0.5))
     worse = _fold_curve(1.0, 0.9)
     assert _steps_until_pruned(study, worse) == EPOCHS - 1  # the end of fold 0, not before
+
+
+def test_sampler_takes_the_study_file_tpe_options_over_regsearch_defaults() -> None:
+    from search.study import TPE_DEFAULTS, make_sampler
+
+    shipped = make_sampler(build_config("digits"))
+    assert isinstance(shipped, optuna.samplers.TPESampler)
+    assert shipped._constant_liar is TPE_DEFAULTS["constant_liar"] is True  # wiring: private attrs
+    config = build_config("digits", overrides=[
+        "search.tpe={multivariate: true, group: true, n_startup_trials: 4, constant_liar: false}"])
+    sampler = make_sampler(config)
+    assert (sampler._multivariate, sampler._group, sampler._n_startup_trials,
+            sampler._constant_liar) == (True, True, 4, False)
+    # the options are TPE's: a random sampler ignores them
+    assert isinstance(make_sampler(config.replace(sampler="random")),
+                      optuna.samplers.RandomSampler)
+
+
+def test_a_trial_whose_worker_stopped_beating_is_failed_closed_in_mlflow_and_retried(
+        tmp_path) -> None:
+    import time
+    import warnings
+
+    from search.study import STALE_REASON, StaleTrialCallback
+    from search.tracking import Tracker
+
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(
+            f"sqlite:///{tmp_path}/optuna.db", heartbeat_interval=1, grace_period=1,
+            heartbeat_stale_trial_callback=StaleTrialCallback(tracking))
+    study = optuna.create_study(study_name="s", storage=storage)
+    tracker = Tracker(tracking)
+    parent = tracker.open_parent("s", {})
+    # a worker starts a trial, beats once and dies
+    with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": it is,
+        warnings.simplefilter("ignore", UserWarning)  # below; this worker only plays dead
+        dead = study.ask()
+    x = dead.suggest_float("x", 0.0, 1.0)
+    run_id = tracker.start_trial(parent, dead.number, {"x": x})
+    dead.set_user_attr("mlflow_run_id", run_id)
+    storage.record_heartbeat(dead._trial_id)
+    time.sleep(2.5)
+    # another worker's next trial: Optuna's stale check runs the callback first
+    study.optimize(lambda t: t.suggest_float("x", 0.0, 1.0), n_trials=1)
+
+    trials = study.get_trials()
+    assert trials[0].state == TrialState.FAIL
+    assert trials[1].state == TrialState.COMPLETE and trials[1].params == {"x": x}  # the retry
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["fail_reason"] == STALE_REASON
+    assert run.data.tags["optuna.trial_state"] == "FAIL"

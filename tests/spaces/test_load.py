@@ -273,6 +273,13 @@ BAD_STUDIES = [
     ("string enqueue_defaults", _set("search", "enqueue_defaults", "no"), TypeError,
      "enqueue_defaults"),
     ("unknown search key", _set("search", "n_fold", 3), ValueError, "'n_fold'"),
+    ("tpe not a mapping", _set("search", "tpe", True), TypeError, "'tpe' must be a mapping"),
+    ("unknown tpe option", _set("search", "tpe", {"seed": 3}), ValueError,
+     "unknown key 'seed' in 'tpe'"),
+    ("string tpe flag", _set("search", "tpe", {"multivariate": "yes"}), TypeError,
+     "'tpe.multivariate' must be true or false"),
+    ("negative tpe startup", _set("search", "tpe", {"n_startup_trials": -1}), ValueError,
+     "'tpe.n_startup_trials'=-1"),
     ("model without name", lambda s: s.update(model={"units": 3}), ValueError, "'model'"),
     ("data without source", lambda s: s.update(data={"root": "x"}), ValueError, "'data'"),
     ("empty name", lambda s: s.update(name=""), TypeError, "'name'"),
@@ -288,6 +295,14 @@ def test_load_study_bad_file_names_file_and_key(tmp_path, edit, error, key):
         load_study(path)
     assert type(info.value) is error
     assert str(info.value).startswith(f"{path}: ")
+
+
+def test_load_study_reads_tpe_options(tmp_path):
+    options = {"multivariate": True, "group": True, "n_startup_trials": 5.0}
+    spec = load_study(write_study(tmp_path, changed(_set("search", "tpe", options))))
+    assert spec.search.tpe == {"multivariate": True, "group": True, "n_startup_trials": 5}
+    assert type(spec.search.tpe["n_startup_trials"]) is int
+    assert SearchSettings().tpe == {}
 
 
 def test_load_study_unknown_key_lists_valid_keys(tmp_path):

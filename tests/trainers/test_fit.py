@@ -170,9 +170,23 @@ def test_cross_validate_keeps_a_loss_far_above_chance_as_a_score() -> None:
     """Confident and wrong is a bad recipe, not a failed one: the sampler must see its score."""
     data = _blobs()
     folds = stratified_folds(data.y, 2, seed=0)
-    # scaled-up logits and a learning rate too small to move: confident random predictions
+
+    def confidently_wrong(recipe: Recipe) -> keras.Model:
+        # every image of class k is put in class k + 1 with logit margin ~40; a learning rate
+        # too small to move leaves it there on every backend, whatever the initial weights
+        inputs = keras.Input((4, 4, 1))
+        dense = keras.layers.Dense(3, use_bias=False, activation="softmax")
+        outputs = dense(keras.layers.Flatten()(inputs))
+        kernel = np.zeros((16, 3), "float32")
+        for label in range(3):
+            quadrant = np.zeros((4, 4), "float32")
+            quadrant[(label // 2) * 2:(label // 2) * 2 + 2, (label % 2) * 2:(label % 2) * 2 + 2] = 1
+            kernel[:, (label + 1) % 3] += 12.5 * quadrant.ravel()
+        dense.set_weights([kernel])
+        return keras.Model(inputs, outputs)
+
     result = cross_validate(data, folds, Recipe(max_epochs=2, batch_size=8, learning_rate=1e-9),
-                            _tiny(scale=50.0), seed=3)
+                            confidently_wrong, seed=3)
     assert result.val_loss > 1.5 * math.log(3)
 
 
