@@ -1,0 +1,70 @@
+"""The model code is backend-agnostic: the trainer tests and a whole study pass on JAX and PyTorch.
+
+The rest of the suite runs on TensorFlow, the CPU backend. Keras fixes its backend when it is
+first imported, so each other backend runs in a fresh process with ``KERAS_BACKEND`` set (the
+trainer tests) or with ``search.run --backend`` (a study). A backend that is not installed is
+skipped, with the reason.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from search.recipe_file import BACKEND_ATTR
+
+ROOT = Path(__file__).resolve().parent.parent
+OTHER_BACKENDS = ("jax", "torch")
+
+
+def _needs(backend: str) -> None:
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed (pip install -e '.[test]' installs it)")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    return {**env, "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": "", **extra}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_trainer_tests_pass_on(backend: str) -> None:
+    _needs(backend)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:logging",
+         "tests/trainers"],
+        cwd=ROOT, env=_env(KERAS_BACKEND=backend), capture_output=True, text=True, timeout=1800,
+    )
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    assert result.returncode == 0, f"on {backend}:\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}"
+    assert " passed" in summary and "failed" not in summary, summary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_a_study_runs_on(backend: str, tmp_path: Path) -> None:
+    _needs(backend)
+    storage, tracking = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
+    result = subprocess.run(
+        [sys.executable, "-m", "search.run", "--study", "digits", "--backend", backend,
+         "--trials", "2", "--folds", "2", "--epochs", "3", "--set", "model.units=64",
+         "--storage", storage, "--tracking-uri", tracking, "--no-progress"],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    study = optuna.load_study(study_name="digits", storage=storage)
+    assert study.user_attrs[BACKEND_ATTR] == backend
+    states = [t.state for t in study.trials]
+    assert len(states) == 2 and optuna.trial.TrialState.RUNNING not in states
+    assert study.best_value < 2.0  # below chance, ln 10 = 2.30: the models learned
+    client = MlflowClient(tracking)
+    runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    assert len(runs) == 3 and all(r.info.status != "RUNNING" for r in runs)  # parent + 2 trials
