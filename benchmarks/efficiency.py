@@ -180,14 +180,6 @@ def _keras_tuner(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     }
 
 
-def _startup_note(a: dict[str, Any]) -> str:
-    """How many of (a)'s trials TPE chose itself rather than at random (its startup trials)."""
-    startup = a["tpe_options"].get("n_startup_trials", 10)
-    own = sum(sum(st in ("COMPLETE", "PRUNED") for st, _, _ in a["timeline"][:i]) >= startup
-              for i in range(len(a["timeline"])))
-    return f"{own} of {a['trials']}"
-
-
 def _parse_variant(text: str) -> tuple[str, tuple[str, ...]]:
     label, sep, overrides = text.partition(":")
     if not sep or not label:
@@ -214,10 +206,21 @@ def main() -> None:
                    help="do not enqueue the study file's default recipe as trial 0 of (a) and "
                         "(b): every trial is the sampler's own")
     p.add_argument("--name", help="result file name (default: efficiency-<study>)")
+    p.add_argument("--render", metavar="RESULT.json",
+                   help="only rewrite the Markdown of a saved result")
+    p.add_argument("--merge", nargs="+", metavar="RESULT.json",
+                   help="combine the runs of saved results of the same study and settings "
+                        "(other seeds, other variants) into --name")
     args = p.parse_args()
+    if args.render:
+        rerender(args.render)
+        return
+    if args.merge:
+        merge(args.merge, args.name or f"efficiency-{args.study}")
+        return
     variants = [("a", ())] + [_parse_variant(v) for v in args.variant]
 
-    from benchmarks._common import machine, machine_table, write_result
+    from benchmarks._common import machine, write_result
 
     started = time.perf_counter()
     runs: list[dict[str, Any]] = []
@@ -241,13 +244,47 @@ def main() -> None:
                 "target_a_below_c": a["best_cv_val_loss"] < c["best_cv_val_loss"],
             })
     total = time.perf_counter() - started
-
     sets = "".join(f" --set {s}" for s in args.set)
     variant_args = "".join(f" --variant '{v}'" for v in args.variant)
     cmd = (f"python -m benchmarks.efficiency --study {args.study} --trials {args.trials} "
            f"--epochs {args.epochs} --folds {args.folds} --seeds "
            f"{' '.join(map(str, args.seeds))}{sets}{variant_args}"
            + (" --no-defaults" if args.no_defaults else ""))
+    result = {
+        "command": cmd, "study": args.study, "trials": args.trials, "folds": args.folds,
+        "max_epochs": args.epochs, "seeds": args.seeds, "overrides": args.set,
+        "variants": {label: list(extra) for label, extra in variants},
+        "enqueue_defaults": not args.no_defaults, "runs": runs,
+        "total_wall_seconds": total, "machine": machine(),
+    }
+    md = render(result)
+    print(md)
+    name = args.name or (f"efficiency-{args.study}" + ("-nodefaults" if args.no_defaults else ""))
+    print(f"written: {write_result(name, result, md)}")
+
+
+def _reach_index(timeline: list, target: float) -> int | None:
+    for i, (state, value, _) in enumerate(timeline):
+        if state == "COMPLETE" and value is not None and value <= target:
+            return i
+    return None
+
+
+def _startup_trials(a: dict[str, Any]) -> int:
+    return int(a["tpe_options"].get("n_startup_trials", 10))
+
+
+def _chose_itself(a: dict[str, Any], index: int) -> bool:
+    """Whether (a)'s trial at timeline ``index`` was TPE's own pick, not a random startup one."""
+    before = sum(st in ("COMPLETE", "PRUNED") for st, _, _ in a["timeline"][:index])
+    return before >= _startup_trials(a)
+
+
+def render(result: dict[str, Any]) -> str:
+    """The Markdown report of a result (also from a saved JSON: ``--render``)."""
+    from benchmarks._common import machine_table
+
+    runs, seeds = result["runs"], result["seeds"]
     yes = {True: "MET", False: "not met"}
 
     def fmt(x: float | None) -> str:
@@ -257,70 +294,112 @@ def main() -> None:
     for r in runs:
         a, b, c = r["regsearch"], r["random"], r["keras_tuner"]
         fraction = r["reach_fraction_of_b"]
+        index = _reach_index(a["timeline"], b["best_cv_val_loss"])
+        r["reached_by_tpe_choice"] = index is not None and _chose_itself(a, index)
+        if index is None:
+            how = "-"
+        elif r["reached_by_tpe_choice"]:
+            how = f"trial {index + 1}, TPE's"
+        else:
+            how = f"trial {index + 1}, random (also (b)'s)"
+        own = sum(_chose_itself(a, i) for i in range(len(a["timeline"])))
         rows.append(
             f"| {r['seed']} | {r['variant']} | {a['best_cv_val_loss']:.4f} | "
             f"{b['best_cv_val_loss']:.4f} | {c['best_cv_val_loss']:.4f} | "
             f"{a['fit_seconds']:.1f} | {b['fit_seconds']:.1f} | {c['fit_seconds']:.1f} | "
             f"{fmt(r['a_seconds_to_reach_b_best'])} | {fmt(r['b_seconds_to_reach_b_best'])} | "
-            f"{'-' if fraction is None else format(fraction, '.2f')} | "
-            f"{a['complete']}/{a['pruned']}/{a['failed']} | {_startup_note(a)} | "
+            f"{'-' if fraction is None else format(fraction, '.2f')} | {how} | "
+            f"{a['complete']}/{a['pruned']}/{a['failed']} | {own} of {a['trials']} | "
             f"{yes[r['target_a_reaches_b_within_fifth']]} | {yes[r['target_a_below_c']]} |")
     summary = []
-    for label, extra in variants:
+    for label, extra in result["variants"].items():
         mine = [r for r in runs if r["variant"] == label]
         fractions = sorted(r["reach_fraction_of_b"] if r["reach_fraction_of_b"] is not None
                            else math.inf for r in mine)
-        median = fractions[len(fractions) // 2] if len(fractions) % 2 else (
-            (fractions[len(fractions) // 2 - 1] + fractions[len(fractions) // 2]) / 2)
-        wins = sum(r["target_a_below_c"] for r in mine)
+        middle = len(fractions) // 2
+        median = (fractions[middle] if len(fractions) % 2
+                  else (fractions[middle - 1] + fractions[middle]) / 2)
         fifths = sum(r["target_a_reaches_b_within_fifth"] for r in mine)
+        by_tpe = sum(r["target_a_reaches_b_within_fifth"] and r["reached_by_tpe_choice"]
+                     for r in mine)
         lower_than_b = sum(r["regsearch"]["best_cv_val_loss"] < r["random"]["best_cv_val_loss"]
                            for r in mine)
+        wins = sum(r["target_a_below_c"] for r in mine)
         summary.append(
             f"| {label} | {'; '.join(extra) or 'as shipped'} | {median:.2f} | "
-            f"{fifths} of {len(mine)} | {lower_than_b} of {len(mine)} | {wins} of {len(mine)} |")
+            f"{fifths} of {len(mine)} ({by_tpe} by a trial TPE chose) | "
+            f"{lower_than_b} of {len(mine)} | {wins} of {len(mine)} |")
     c0 = runs[0]["keras_tuner"]
-    md = (
-        f"# Search efficiency on `{args.study}`: {args.trials} trials, {args.folds} folds, "
-        f"{args.epochs} epochs at most, seeds {', '.join(map(str, args.seeds))}\n\n`{cmd}`\n\n"
+    gpu = result["machine"].get("gpu", "the CPU")
+    return (
+        f"# Search efficiency on `{result['study']}`: {result['trials']} trials, "
+        f"{result['folds']} folds, {result['max_epochs']} epochs at most, seeds "
+        f"{', '.join(map(str, seeds))}\n\n`{result['command']}`\n\n"
         f"(a) regsearch as shipped (TPE + the study's pruner); (b) random sampling, no pruning; "
-        f"(c) KerasTuner Hyperband (max_epochs={args.epochs}, factor 3, one iteration) on ONE "
-        f"split, fold 0 of the study's folds (KerasTuner has no k-fold), its best recipe "
-        f"re-scored by regsearch's {args.folds}-fold `cross_validate` (the CV figure below; the "
-        f"re-scoring is not counted in its seconds). \"GPU\" seconds are seconds inside Keras "
-        f"`fit`, compilation included; here spent on {machine().get('gpu', 'the CPU')}. "
-        f"\"to (b)'s best\": fit seconds summed over a search's trials in completion order "
-        f"until a complete trial is at or below (b)'s best CV loss.\n\n"
+        f"(c) KerasTuner Hyperband (max_epochs={result['max_epochs']}, factor 3, one iteration) "
+        f"on ONE split, fold 0 of the study's folds (KerasTuner has no k-fold), its best recipe "
+        f"re-scored by regsearch's {result['folds']}-fold `cross_validate` (the CV figure below; "
+        f"the re-scoring is not counted in its seconds). \"GPU\" seconds are seconds inside "
+        f"Keras `fit`, compilation included; here spent on {gpu}. \"To (b)'s best\": fit "
+        f"seconds summed over a search's trials in completion order until a complete trial is at "
+        f"or below (b)'s best CV loss.\n\n"
+        f"TPE draws its first n_startup_trials (10 unless a variant says otherwise) at random "
+        f"from a sampler seeded like (b)'s: those trials are (b)'s first trials, so where (b)'s "
+        f"best is among them (a) \"reaches\" it by the same random draw, cheaper only by its "
+        f"pruning. The summary counts which target-1 successes came from a trial TPE chose.\n\n"
         f"## Summary\n\n"
         f"| (a) variant | overrides | median (a) seconds to (b)'s best / (b) seconds "
         f"(target <= 0.20) | target 1 met | (a) best < (b) best | (a) best < (c) best "
         f"(target 2) |\n| --- | --- | --- | --- | --- | --- |\n" + "\n".join(summary) + "\n\n"
         f"## Every run\n\n"
         f"| seed | (a) variant | (a) best CV | (b) best CV | (c) best CV | (a) s | (b) s | (c) s | "
-        f"(a) s to (b)'s best | (b) s to its best | fraction of (b) s | (a) complete/pruned/"
-        f"failed | (a) trials TPE chose | target 1 | target 2 |\n"
+        f"(a) s to (b)'s best | (b) s to its best | fraction of (b) s | reached at | (a) "
+        f"complete/pruned/failed | (a) trials TPE chose | target 1 | target 2 |\n"
         f"| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | "
-        f"--- |\n" + "\n".join(rows) + "\n\n"
+        f"--- | --- |\n" + "\n".join(rows) + "\n\n"
         f"- (c) ran {c0['trials']} KerasTuner trials ({c0['fits']} `fit` calls, "
         f"{c0['epochs_trained']} epochs) for seed {c0['seed']}.\n"
-        f"- \"Trials TPE chose\": TPE samples at random until n_startup_trials trials are "
-        f"complete or pruned (failed ones do not count), seeded like (b)'s sampler, so before "
-        f"that (a) differs from (b) by its pruner alone.\n"
-        + ("" if args.no_defaults else
+        + ("" if not result["enqueue_defaults"] else
            "- The study file's default recipe is enqueued as trial 0 of (a) and (b): where it is "
            "the best of both, target 1 is met by that trial alone (rerun with --no-defaults).\n")
-        + f"\nWhole benchmark: {total:.0f} s wall.\n\n" + machine_table(machine())
+        + f"\nWhole benchmark: {result['total_wall_seconds']:.0f} s wall.\n\n"
+        + machine_table(result["machine"])
     )
-    result = {
-        "command": cmd, "study": args.study, "trials": args.trials, "folds": args.folds,
-        "max_epochs": args.epochs, "seeds": args.seeds, "overrides": args.set,
-        "variants": {label: list(extra) for label, extra in variants},
-        "enqueue_defaults": not args.no_defaults, "runs": runs,
-        "total_wall_seconds": total, "machine": machine(),
-    }
+
+
+def merge(paths: list[str], name: str) -> None:
+    """Write one result holding the runs of several (same study, trials, folds, epochs)."""
+    import json
+    from pathlib import Path
+
+    from benchmarks._common import write_result
+
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    keys = ("study", "trials", "folds", "max_epochs", "overrides", "enqueue_defaults")
+    for part in parts[1:]:
+        differ = [k for k in keys if part[k] != parts[0][k]]
+        if differ:
+            raise SystemExit(f"cannot merge: {', '.join(differ)} differ")
+    result = {**parts[0], "command": " ; ".join(p["command"] for p in parts),
+              "seeds": sorted({s for p in parts for s in p["seeds"]}),
+              "variants": {k: v for p in parts for k, v in p["variants"].items()},
+              "runs": [r for p in parts for r in p["runs"]],
+              "total_wall_seconds": sum(p["total_wall_seconds"] for p in parts)}
+    md = render(result)
     print(md)
-    name = args.name or (f"efficiency-{args.study}" + ("-nodefaults" if args.no_defaults else ""))
     print(f"written: {write_result(name, result, md)}")
+
+
+def rerender(path: str) -> None:
+    """Rewrite the Markdown of a saved result JSON (after a change to `render`)."""
+    import json
+    from pathlib import Path
+
+    source = Path(path)
+    result = json.loads(source.read_text())
+    md = render(result)
+    source.with_suffix(".md").write_text(md)
+    print(md)
 
 
 if __name__ == "__main__":
