@@ -59,16 +59,46 @@ def open_storage(url: str, tracking_uri: str | None = None) -> optuna.storages.B
 
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(url))
-    if url.startswith("sqlite:///"):
+    sqlite = url.startswith("sqlite:///")
+    if sqlite:
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return retry_schema_race(lambda: optuna.storages.RDBStorage(
+        storage = retry_schema_race(lambda: optuna.storages.RDBStorage(
             url,
+            # SQLite: wait for the write lock rather than fail while other workers hold it
+            engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else None,
             heartbeat_interval=60,
             grace_period=180,
             heartbeat_stale_trial_callback=StaleTrialCallback(tracking_uri),
         ))
+    if sqlite and ":memory:" not in url:  # one process only; closing it would empty it
+        serialize_sqlite_transactions(storage.engine)
+    return storage
+
+
+def serialize_sqlite_transactions(engine) -> None:  # noqa: ANN001 (a sqlalchemy Engine)
+    """Make every transaction on a SQLite ``engine`` take the write lock when it begins.
+
+    Python's sqlite3 driver sends no BEGIN before a SELECT, so a read-then-write in one
+    SQLAlchemy transaction is not atomic. Optuna hands a queued (WAITING) trial to a worker that
+    way: it reads the trial's state, then sets it RUNNING. Workers that ask at the same moment
+    all read WAITING and all run the same trial, and all but the first then fail to record it
+    ("Cannot tell a COMPLETE trial"). Measured: 4 processes asking together got the same
+    queued trial in 13 of 20 rounds; with ``BEGIN IMMEDIATE`` in none
+    (tests/search/test_study.py). This is the SQLAlchemy documentation's recipe for pysqlite.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection, _record) -> None:  # noqa: ANN001
+        dbapi_connection.isolation_level = None  # the driver's own BEGIN handling off
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection) -> None:  # noqa: ANN001
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the hooks close; new ones get them
 
 
 def retry_schema_race(make, attempts: int = 6):
