@@ -47,6 +47,7 @@ def _regsearch(args: argparse.Namespace, label: str, seed: int, extra: tuple[str
 
     from search.config import build_config
     from search.driver import run_study
+    from search.study import TPE_DEFAULTS
 
     with tempfile.TemporaryDirectory() as tmp:
         config = build_config(
@@ -66,7 +67,7 @@ def _regsearch(args: argparse.Namespace, label: str, seed: int, extra: tuple[str
     best = min(done, key=lambda t: t.value) if done else None
     return {
         "label": label, "seed": seed, "sampler": config.sampler, "pruner": config.pruner,
-        "tpe_options": config.tpe_options, "overrides": list(extra),
+        "tpe_options": {**TPE_DEFAULTS, **config.tpe_options}, "overrides": list(extra),
         "trials": len(trials),
         "complete": len(done),
         "pruned": sum(t.state == TrialState.PRUNED for t in trials),
@@ -326,7 +327,7 @@ def render(result: dict[str, Any]) -> str:
                            for r in mine)
         wins = sum(r["target_a_below_c"] for r in mine)
         summary.append(
-            f"| {label} | {'; '.join(extra) or 'as shipped'} | {median:.2f} | "
+            f"| {label} | {'; '.join(extra) or 'none'} | {median:.2f} | "
             f"{fifths} of {len(mine)} ({by_tpe} by a trial TPE chose) | "
             f"{lower_than_b} of {len(mine)} | {wins} of {len(mine)} |")
     c0 = runs[0]["keras_tuner"]
@@ -335,7 +336,8 @@ def render(result: dict[str, Any]) -> str:
         f"# Search efficiency on `{result['study']}`: {result['trials']} trials, "
         f"{result['folds']} folds, {result['max_epochs']} epochs at most, seeds "
         f"{', '.join(map(str, seeds))}\n\n`{result['command']}`\n\n"
-        f"(a) regsearch as shipped (TPE + the study's pruner); (b) random sampling, no pruning; "
+        f"(a) regsearch: TPE (regsearch's TPE options, plus each variant's overrides) and the "
+        f"study's pruner; (b) random sampling, no pruning; "
         f"(c) KerasTuner Hyperband (max_epochs={result['max_epochs']}, factor 3, one iteration) "
         f"on ONE split, fold 0 of the study's folds (KerasTuner has no k-fold), its best recipe "
         f"re-scored by regsearch's {result['folds']}-fold `cross_validate` (the CV figure below; "

@@ -68,6 +68,9 @@ def check_tpe_options(options: Any) -> dict[str, Any]:
             checked[key] = value
         else:
             checked[key] = check_int(f"tpe.{key}", value, low=TPE_INT_OPTIONS[key])
+    if checked.get("group") and checked.get("multivariate") is False:
+        raise ValueError("'tpe.group' needs 'tpe.multivariate': true (TPE groups only a "
+                         "multivariate model).")
     return checked
 
 

@@ -76,12 +76,16 @@ def test_sampler_takes_the_study_file_tpe_options_over_regsearch_defaults() -> N
 
     shipped = make_sampler(build_config("digits"))
     assert isinstance(shipped, optuna.samplers.TPESampler)
-    assert shipped._constant_liar is TPE_DEFAULTS["constant_liar"] is True  # wiring: private attrs
+    # wiring, so read from the sampler's private attributes
+    assert (shipped._multivariate, shipped._group, shipped._n_startup_trials,
+            shipped._constant_liar) == (True, True, 5, True)
+    assert TPE_DEFAULTS == {"multivariate": True, "group": True, "n_startup_trials": 5,
+                            "constant_liar": True}
     config = build_config("digits", overrides=[
-        "search.tpe={multivariate: true, group: true, n_startup_trials: 4, constant_liar: false}"])
+        "search.tpe={multivariate: false, n_startup_trials: 4, constant_liar: false}"])
     sampler = make_sampler(config)
     assert (sampler._multivariate, sampler._group, sampler._n_startup_trials,
-            sampler._constant_liar) == (True, True, 4, False)
+            sampler._constant_liar) == (False, False, 4, False)  # group follows multivariate
     # the options are TPE's: a random sampler ignores them
     assert isinstance(make_sampler(config.replace(sampler="random")),
                       optuna.samplers.RandomSampler)
