@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,28 @@ from spaces import StudySpec, check_choice, check_float, check_int, load_study
 from spaces.load import PRUNERS, SAMPLERS
 
 DEFAULT_ROOT = Path("mlruns")
+# What a mistake in a study file, an option, the data or a store looks like when it is found.
+USER_ERRORS = (LookupError, ValueError, TypeError, FileNotFoundError)
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for, found once the study opens (data, model, store).
+
+    `search.run` prints its message on one line and exits 2. Other exceptions raised while trials
+    run are regsearch's own faults and keep their traceback.
+    """
+
+
+@contextlib.contextmanager
+def user_input():
+    """Turn the `USER_ERRORS` raised inside the block into `UsageError` (message unchanged)."""
+    try:
+        yield
+    except USER_ERRORS as exc:
+        text = str(exc)
+        if isinstance(exc, KeyError) and len(exc.args) == 1:
+            text = str(exc.args[0])  # not repr-quoted
+        raise UsageError(text) from exc
 PRECISIONS = ("float32", "bfloat16")
 
 

@@ -15,7 +15,7 @@ import optuna
 from optuna.trial import TrialState
 from rich.console import Console
 
-from search.config import StudyConfig
+from search.config import StudyConfig, user_input
 from search.datasets import StudyData, load_data
 from search.plots import save_study_plots
 from search.progress import StudyProgress, best_trials_table
@@ -53,19 +53,21 @@ def _open_session(config: StudyConfig, *, data_dir: str | None, progress: bool,
                   worker: int = 0) -> _Session:
     quiet_optuna()
     _set_precision(config.precision)
-    data = load_data(config.spec.data, where=str(config.spec.path), seed=config.seed,
-                     data_dir=data_dir, progress=progress)
-    study = open_study(config, worker=worker, create=worker == 0)
-    tracker = Tracker(config.tracking_uri)
+    with user_input():  # the data, the stores, the model options: the user's to fix
+        data = load_data(config.spec.data, where=str(config.spec.path), seed=config.seed,
+                         data_dir=data_dir, progress=progress)
+        study = open_study(config, worker=worker, create=worker == 0)
+        tracker = Tracker(config.tracking_uri)
     _fail_stale(study)
     parent = _agree_on_parent(study, config, tracker)
     study.set_user_attr(DATA_ATTR, {**data.describe(), "augment_preset": data.augment_preset})
     import keras
 
     study.set_user_attr(BACKEND_ATTR, keras.backend.backend())
-    build = model_builder(config, data)
-    build(make_recipe(config, config.spec.space.defaults()))  # bad model options fail here, once
-    models = make_models(config, build)
+    with user_input():
+        build = model_builder(config, data)
+        build(make_recipe(config, config.spec.space.defaults()))  # bad model options fail here
+        models = make_models(config, build)
 
     from trainers.imagefolder import class_weights
     from trainers.kfold import stratified_folds

@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     from rich.console import Console
 
-    from search.config import build_config
+    from search.config import USER_ERRORS, UsageError, build_config
 
     # Off a terminal (CI, a log file) rich would wrap tables at 80 columns.
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
@@ -98,15 +98,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             baselines=args.baselines, report=not args.no_report, precision=args.precision,
             rebuild_per_trial=args.rebuild_per_trial,
         )
-        from search.driver import run_study, run_worker  # imports Keras: settings are valid
+    except USER_ERRORS as exc:  # the study file and the options
+        print(f"error: {_message(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    from search.driver import run_study, run_worker  # imports Keras: settings are valid
 
+    try:
         if args.worker_index is not None:
             return run_worker(config, worker_index=args.worker_index, data_dir=args.data_dir)
         outcome = run_study(config, console=console, data_dir=args.data_dir,
                             progress=not args.no_progress, plan=plan,
                             worker_argv=_worker_argv(argv))
-    except (LookupError, ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"error: {_message(exc)}", file=sys.stderr)
+    except UsageError as exc:  # the data, the stores, the model options
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return 130 if outcome.interrupted else 0
 

@@ -175,3 +175,17 @@ def test_workers_asking_together_on_sqlite_never_get_the_same_queued_trial(tmp_p
             proc.join(timeout=60)
             if proc.is_alive():
                 proc.kill()
+
+
+def test_user_input_marks_user_mistakes_and_lets_internal_errors_through() -> None:
+    from search.config import UsageError, user_input
+
+    with pytest.raises(UsageError, match="^no such class 'x'$"):
+        with user_input():
+            raise KeyError("no such class 'x'")
+    with pytest.raises(UsageError, match="bad model option"):
+        with user_input():
+            raise ValueError("bad model option")
+    with pytest.raises(RuntimeError):  # not the user's to fix: keeps its traceback
+        with user_input():
+            raise RuntimeError("internal")
