@@ -35,6 +35,16 @@ def machine() -> dict[str, str]:
     return info
 
 
+def study_arguments(parser, *, trials: int, epochs: int, folds: int) -> None:  # noqa: ANN001
+    """Add the options every study benchmark shares: --study, --trials, --epochs, --folds,
+    --data-dir (with this benchmark's defaults)."""
+    parser.add_argument("--study", default="digits")
+    parser.add_argument("--trials", type=int, default=trials)
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--folds", type=int, default=folds)
+    parser.add_argument("--data-dir")
+
+
 def write_result(name: str, result: dict, markdown: str) -> Path:
     """Write ``<name>.json`` and ``<name>.md`` under benchmarks/results/ (or $BENCH_OUT)."""
     out = Path(os.environ.get("BENCH_OUT", RESULTS))

@@ -85,14 +85,18 @@ def _regsearch(args: argparse.Namespace, label: str, seed: int, extra: tuple[str
     }
 
 
-def _seconds_to_reach(timeline: list, target: float) -> float | None:
-    """Fit seconds summed over trials in completion order until a COMPLETE one is <= target."""
-    spent = 0.0
-    for state, value, seconds in timeline:
-        spent += seconds
+def _reach_index(timeline: list, target: float) -> int | None:
+    """Position, in completion order, of the first COMPLETE trial at or below ``target``."""
+    for i, (state, value, _) in enumerate(timeline):
         if state == "COMPLETE" and value is not None and value <= target:
-            return spent
+            return i
     return None
+
+
+def _seconds_to_reach(timeline: list, target: float) -> float | None:
+    """Fit seconds summed over trials in completion order until one reaches ``target``."""
+    index = _reach_index(timeline, target)
+    return None if index is None else sum(seconds for _, _, seconds in timeline[:index + 1])
 
 
 def _keras_tuner(args: argparse.Namespace, seed: int) -> dict[str, Any]:
@@ -189,15 +193,13 @@ def _parse_variant(text: str) -> tuple[str, tuple[str, ...]]:
 
 
 def main() -> None:
+    from benchmarks._common import study_arguments
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--study", default="digits")
-    p.add_argument("--trials", type=int, default=12)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--folds", type=int, default=3)
+    study_arguments(p, trials=12, epochs=10, folds=3)
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="study seeds (folds, samplers, initial weights); every search runs "
                         "once per seed")
-    p.add_argument("--data-dir")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override an entry of the study file for every search (repeatable)")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL:OVERRIDES",
@@ -262,13 +264,6 @@ def main() -> None:
     print(md)
     name = args.name or (f"efficiency-{args.study}" + ("-nodefaults" if args.no_defaults else ""))
     print(f"written: {write_result(name, result, md)}")
-
-
-def _reach_index(timeline: list, target: float) -> int | None:
-    for i, (state, value, _) in enumerate(timeline):
-        if state == "COMPLETE" and value is not None and value <= target:
-            return i
-    return None
 
 
 def _startup_trials(a: dict[str, Any]) -> int:

@@ -19,12 +19,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def main() -> None:
+    from benchmarks._common import study_arguments
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--study", default="digits")
-    p.add_argument("--trials", type=int, default=6)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--folds", type=int, default=3)
-    p.add_argument("--data-dir")
+    study_arguments(p, trials=6, epochs=10, folds=3)
     p.add_argument("--rebuild-per-trial", action="store_true",
                    help="build and compile a fresh model per fold (the path before reuse)")
     args = p.parse_args()

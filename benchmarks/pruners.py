@@ -17,14 +17,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def main() -> None:
+    from benchmarks._common import study_arguments
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--study", default="digits")
-    p.add_argument("--trials", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--folds", type=int, default=3)
+    study_arguments(p, trials=16, epochs=15, folds=3)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--pruners", nargs="+", default=["hyperband", "sha", "median", "none"])
-    p.add_argument("--data-dir")
     args = p.parse_args()
 
     from optuna.trial import TrialState

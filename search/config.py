@@ -12,6 +12,7 @@ from spaces import StudySpec, check_choice, check_float, check_int, load_study
 from spaces.load import PRUNERS, SAMPLERS
 
 DEFAULT_ROOT = Path("mlruns")
+PRECISIONS = ("float32", "bfloat16")
 # What a mistake in a study file, an option, the data or a store looks like when it is found.
 USER_ERRORS = (LookupError, ValueError, TypeError, FileNotFoundError)
 
@@ -30,11 +31,14 @@ def user_input():
     try:
         yield
     except USER_ERRORS as exc:
-        text = str(exc)
-        if isinstance(exc, KeyError) and len(exc.args) == 1:
-            text = str(exc.args[0])  # not repr-quoted
-        raise UsageError(text) from exc
-PRECISIONS = ("float32", "bfloat16")
+        raise UsageError(error_text(exc)) from exc
+
+
+def error_text(exc: BaseException) -> str:
+    """An exception's message for one line of output (a KeyError's not repr-quoted)."""
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        return str(exc.args[0])
+    return str(exc)
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     from rich.console import Console
 
-    from search.config import USER_ERRORS, UsageError, build_config
+    from search.config import USER_ERRORS, UsageError, build_config, error_text
 
     # Off a terminal (CI, a log file) rich would wrap tables at 80 columns.
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rebuild_per_trial=args.rebuild_per_trial,
         )
     except USER_ERRORS as exc:  # the study file and the options
-        print(f"error: {_message(exc)}", file=sys.stderr)
+        print(f"error: {error_text(exc)}", file=sys.stderr)
         return EXIT_USAGE
     from search.driver import run_study, run_worker  # imports Keras: settings are valid
 
@@ -128,11 +128,6 @@ def _worker_argv(argv: list[str]) -> list[str]:
             continue
         out.append(arg)
     return out + ["--no-progress"]
-
-
-def _message(exc: BaseException) -> str:
-    text = str(exc)
-    return text[1:-1] if isinstance(exc, KeyError) and text.startswith("'") else text
 
 
 if __name__ == "__main__":
