@@ -154,22 +154,22 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
     _header(config, session, console, n_workers)
     interrupted = False
     baselines: dict[str, dict[str, Any]] = {}
-    if config.baselines:
-        from search.baselines import baseline_recipes, run_baselines
-
-        try:
-            baselines = run_baselines(
-                study, config, baseline_recipes(config, config.baselines),
-                data=session.data.train, folds=session.folds, models=session.models,
-                tracker=tracker, parent_run_id=parent, console=console,
-                class_weight=session.weights,
-            )
-        except KeyboardInterrupt:
-            interrupted = True
     bars = StudyProgress(config.name, config.n_trials, count_trials(study), _best_value(study),
                          console=console, n_folds=config.n_folds, max_epochs=config.max_epochs,
                          bars=progress)
     with bars:
+        if config.baselines:
+            from search.baselines import baseline_recipes, run_baselines
+
+            try:
+                baselines = run_baselines(
+                    study, config, baseline_recipes(config, config.baselines),
+                    data=session.data.train, folds=session.folds, models=session.models,
+                    tracker=tracker, parent_run_id=parent, console=console,
+                    class_weight=session.weights, progress=bars,
+                )
+            except KeyboardInterrupt:
+                interrupted = True
         if interrupted:
             pass
         elif n_workers > 1:

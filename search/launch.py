@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +14,25 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 WORKER_ATTR = "worker"
+
+
+def stop_cleanly_on(*signals: signal.Signals) -> None:
+    """Make the first of ``signals`` stop this process the way Ctrl-C does, and ignore the rest.
+
+    `kill`, `timeout`, `docker stop` and a batch scheduler's preemption send SIGTERM, which
+    would end Python on the spot and leave the running trial RUNNING in Optuna and MLflow.
+    Raised as KeyboardInterrupt, it takes the Ctrl-C path instead: the trial is marked failed
+    (interrupted) in both stores, the parent run is closed, and a rerun resumes. Once that
+    clean stop is under way, more of the same signals are ignored so they cannot cut it short
+    (SIGKILL still can).
+    """
+    def handler(signum: int, frame: Any) -> None:
+        for other in signals:
+            signal.signal(other, signal.SIG_IGN)
+        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+    for sig in signals:
+        signal.signal(sig, handler)
 
 
 def worker_id() -> str:
@@ -103,7 +123,8 @@ def supervise(procs: list[subprocess.Popen], *, on_tick: Callable[[], None],
     """Wait for every worker; call ``on_tick`` periodically and ``on_death`` for a crashed one.
 
     A worker that exits with an error does not stop the others. Returns True when the wait was
-    interrupted (Ctrl-C reaches the workers too; they finish their trial cleanly and exit).
+    interrupted: Ctrl-C on a terminal reaches the workers itself; a SIGTERM sent to this process
+    alone is passed on to them. Either way they end their trial cleanly and exit.
     """
     pending = set(range(len(procs)))
     try:
@@ -118,6 +139,9 @@ def supervise(procs: list[subprocess.Popen], *, on_tick: Callable[[], None],
                     on_death(procs[i])
             on_tick()
     except KeyboardInterrupt:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)  # ignored by a worker already stopping
         for p in procs:
             try:
                 p.wait(timeout=120)

@@ -8,35 +8,56 @@ from typing import Any
 
 from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+# Where no bar redraws (a log file, a cluster job's output, a worker's log), a line about the
+# running trial is printed at most this often, so a long epoch on a slow machine still shows life.
+LOG_EVERY_SECONDS = 60.0
+# The running trial's bar moves within an epoch, redrawn at most this often.
+BATCH_UPDATE_SECONDS = 0.25
 from rich.table import Table
 
 
 class StudyProgress:
     """Two bars: the study's trial budget, and the folds and epochs of the running trial.
 
-    Use as a context manager around the trial loop. On a terminal the bars redraw in place;
-    elsewhere (CI, a log file) rich prints nothing until the end. Each finished trial is
-    printed as one line, also with ``bars=False``.
+    Use as a context manager around the trial loop. On a terminal the bars redraw in place, and
+    the trial's bar moves within an epoch (`batch`), with the time left if it runs all its
+    epochs. Elsewhere (a log file, CI, a worker's log) no bar is drawn; instead a line about
+    the running trial is printed at most every ``log_every`` seconds. Each finished trial is
+    printed as one line in both cases.
     """
 
     def __init__(self, study_name: str, n_trials: int, counts: dict[str, int], best: float | None,
                  *, console: Console | None = None, n_folds: int = 1, max_epochs: int = 1,
-                 bars: bool = True) -> None:
+                 bars: bool = True, log_every: float = LOG_EVERY_SECONDS) -> None:
         self.console = console or Console(stderr=True)
         self.n_folds, self.max_epochs = n_folds, max_epochs
         self.counts = dict(counts)
         self.best = best
         self.started = time.monotonic()
+        self.live = bars and self.console.is_terminal
+        self.log_every = log_every
+        self._label: str | None = None
+        self._trial_started = self._last_line = self._last_batch = 0.0
+        self._where = ""
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[status]}"),
             TimeElapsedColumn(),
+            TimeRemainingColumn(),
             console=self.console,
             transient=False,
-            disable=not bars,
+            disable=not self.live,
         )
         done = counts["complete"] + counts["pruned"] + counts["failed"]
         self._study = self._progress.add_task(study_name, total=n_trials, completed=done,
@@ -58,14 +79,59 @@ class StudyProgress:
                 f"best cv val_loss {best}")
 
     def trial_started(self, number: int) -> None:
+        self.job_started(f"trial {number}")
+
+    def job_started(self, label: str) -> None:
+        """Show the bar of a cross-validated training (a trial or a baseline) named ``label``."""
+        self._label = label
+        self._trial_started = self._last_line = time.monotonic()
+        self._where = ""
         self._progress.reset(self._trial, total=self.n_folds * self.max_epochs, visible=True,
-                             description=f"trial {number}", status="")
+                             description=label, status="")
+
+    def job_finished(self) -> None:
+        self._label = None
+        self._progress.update(self._trial, visible=False)
 
     def epoch(self, fold: int, epoch: int, step: int, val_loss: float) -> None:
-        self._progress.update(
-            self._trial, completed=step + 1,
-            status=f"fold {fold + 1}/{self.n_folds} · epoch {epoch + 1} · val_loss {val_loss:.4f}",
-        )
+        """Epoch ``epoch`` of ``fold`` ended (``step`` counts epochs across folds)."""
+        self._where = (f"fold {fold + 1}/{self.n_folds} · epoch {epoch + 1} · "
+                       f"val_loss {val_loss:.4f}")
+        self._progress.update(self._trial, completed=step + 1, status=self._where)
+        self._log_if_due()
+
+    def show(self, metrics: Any) -> None:
+        """`epoch` for a trainer's `trainers.fit.EpochMetrics` (an ``on_epoch`` callback).
+
+        Skips the stand-in report for the epochs early stopping skipped (``filled``).
+        """
+        if not metrics.filled:
+            self.epoch(metrics.fold, metrics.epoch, metrics.step, metrics.val_loss)
+
+    def batch(self, fold: int, epoch: int, fraction: float) -> None:
+        """A training batch of ``epoch`` of ``fold`` begins, ``fraction`` of the epoch done.
+
+        Called before every batch (`trainers.fit.OnBatch`); cheap unless a redraw is due.
+        """
+        now = time.monotonic()
+        if now - self._last_batch < BATCH_UPDATE_SECONDS:
+            return
+        self._last_batch = now
+        if self.live:
+            self._progress.update(self._trial,
+                                  completed=fold * self.max_epochs + epoch + fraction)
+        elif now - self._last_line >= self.log_every:
+            self._where = (f"fold {fold + 1}/{self.n_folds} · epoch {epoch + 1}/{self.max_epochs} "
+                           f"at {100 * fraction:.0f}%")
+            self._log_if_due()
+
+    def _log_if_due(self) -> None:
+        now = time.monotonic()
+        if self.live or self._label is None or now - self._last_line < self.log_every:
+            return
+        self._last_line = now
+        elapsed = _duration(now - self._trial_started)
+        self.console.print(f"{self._label}: {self._where} · {elapsed} so far", highlight=False)
 
     def trial_finished(self, number: int, state: str, value: float | None, detail: str = "") -> None:
         key = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}.get(state)
@@ -73,11 +139,21 @@ class StudyProgress:
             self.counts[key] += 1
         if state == "COMPLETE" and value is not None and math.isfinite(value):
             self.best = value if self.best is None else min(self.best, value)
-        self._progress.update(self._trial, visible=False)
+        self.job_finished()
         self._progress.update(self._study, advance=1 if key else 0, status=self._status())
         shown = "" if value is None else f" cv val_loss {value:.4f}"
         self._progress.console.print(f"trial {number}: {state.lower()}{shown}{detail}",
                                      highlight=False)
+
+
+def _duration(seconds: float) -> str:
+    """``75`` -> ``1m15s``; ``3700`` -> ``1h01m``."""
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def best_trials_table(rows: list[dict[str, Any]], param_names: list[str], title: str) -> Table:

@@ -60,8 +60,8 @@ class Objective:
         estimate = RunningCV(self.config.max_epochs)
 
         def on_epoch(m: EpochMetrics) -> bool:
-            if self.progress and not m.filled:
-                self.progress.epoch(m.fold, m.epoch, m.step, m.val_loss)
+            if self.progress:
+                self.progress.show(m)
             trial.report(estimate.update(m.fold, m.epoch, m.best_val_loss), m.step)
             return trial.should_prune()
 
@@ -72,11 +72,13 @@ class Objective:
             result = cross_validate(
                 self.data, self.folds, recipe, self.models, seed=self.config.seed,
                 on_epoch=on_epoch, on_fold=on_fold, class_weight=self.class_weight,
+                on_batch=self.progress.batch if self.progress else None,
             )
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            reason = interrupted_reason(exc)
             trial.set_user_attr(INTERRUPTED_ATTR, True)
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
-            self.tracker.finish_trial(run_id, "INTERRUPTED", reason="interrupted (Ctrl-C)")
+            trial.set_user_attr("fail_reason", reason)
+            self.tracker.finish_trial(run_id, "INTERRUPTED", reason=reason)
             raise
         except BaseException as exc:
             reason = str(exc) if isinstance(exc, TrainingFailed) else f"{type(exc).__name__}: {exc}"
@@ -93,6 +95,11 @@ class Objective:
             raise optuna.TrialPruned(f"pruned after {len(result.folds)} fold(s)")
         self.tracker.finish_trial(run_id, "COMPLETE")
         return result.val_loss
+
+
+def interrupted_reason(exc: KeyboardInterrupt) -> str:
+    """``interrupted (Ctrl-C)``, or ``interrupted (stopped by SIGTERM)`` (`stop_cleanly_on`)."""
+    return f"interrupted ({str(exc) or 'Ctrl-C'})"
 
 
 class RunningCV:

@@ -19,8 +19,8 @@ from trainers.reuse import CROSS_ENTROPY, Models, SeedAtTrainBegin, as_models, c
 
 __all__ = [
     "CHANCE_TOLERANCE", "CROSS_ENTROPY", "CVResult", "Diverged", "EpochMetrics", "FinalResult",
-    "FoldResult", "Models", "StuckAtChance", "TrainingFailed", "compile_model", "cross_validate",
-    "train_final",
+    "FoldResult", "Models", "OnBatch", "OnEpoch", "StuckAtChance", "TrainingFailed",
+    "compile_model", "cross_validate", "train_final",
 ]
 
 # A fold whose validation loss stays within this fraction of ln(n_classes) at every epoch never
@@ -106,6 +106,8 @@ class StuckAtChance(TrainingFailed):
 
 
 OnEpoch = Callable[[EpochMetrics], bool | None]
+# (fold, epoch, fraction of the epoch's training batches started); for progress displays only
+OnBatch = Callable[[int, int, float], None]
 
 
 def cross_validate(
@@ -117,6 +119,7 @@ def cross_validate(
     seed: int = 0,
     on_epoch: OnEpoch | None = None,
     on_fold: Callable[[FoldResult], None] | None = None,
+    on_batch: OnBatch | None = None,
     class_weight: dict[int, float] | None = None,
     fail_at_chance: bool = True,
 ) -> CVResult:
@@ -136,6 +139,9 @@ def cross_validate(
         seed: base seed of weight initialisation, dropout and augmentation.
         on_epoch: called after every epoch; returning True stops the whole trial (pruning).
         on_fold: called with each fold's result as soon as the fold ends.
+        on_batch: called before every training batch with ``(fold, epoch, fraction of the
+            epoch done)``, for progress displays: it sees no logs, so it never waits for the
+            device.
         class_weight: optional per-class loss weights.
         fail_at_chance: raise `StuckAtChance` for a fold that never left chance level.
 
@@ -151,7 +157,7 @@ def cross_validate(
     results: list[FoldResult] = []
     for fold in folds:
         model = models.prepare(recipe, seed + fold.index)
-        reporter = _Reporter(fold.index, recipe.max_epochs, on_epoch)
+        reporter = _Reporter(fold.index, recipe.max_epochs, on_epoch, on_batch)
         stopper = early_stopping(recipe)
         train, val = data.subset(fold.train), data.subset(fold.val)
         start = time.perf_counter()
@@ -197,11 +203,19 @@ def _at_chance(val_losses: Sequence[float], chance: float) -> bool:
 
 
 class _Reporter(keras.callbacks.Callback):
-    """Turn Keras epoch logs into `EpochMetrics`, stop on a non-finite loss or when asked."""
+    """Turn Keras epoch logs into `EpochMetrics`, stop on a non-finite loss or when asked.
 
-    def __init__(self, fold: int, max_epochs: int, on_epoch: OnEpoch | None) -> None:
+    Batch progress goes through ``on_train_batch_begin``, which Keras calls without logs: a
+    batch-*end* hook would make Keras fetch every batch's metrics from the device and turn off
+    its asynchronous callback dispatch on JAX.
+    """
+
+    def __init__(self, fold: int, max_epochs: int, on_epoch: OnEpoch | None,
+                 on_batch: OnBatch | None = None) -> None:
         super().__init__()
-        self.fold, self.max_epochs, self.on_epoch = fold, max_epochs, on_epoch
+        self.fold, self.max_epochs = fold, max_epochs
+        self.on_epoch, self.on_batch = on_epoch, on_batch
+        self.epoch = 0
         self.best = math.inf
         self.stopped = False
         self.diverged = False
@@ -222,6 +236,14 @@ class _Reporter(keras.callbacks.Callback):
             )
             if self.on_epoch(filled):
                 self.stopped = True
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        if self.on_batch is not None:
+            steps = self.params.get("steps") or 0
+            self.on_batch(self.fold, self.epoch, batch / steps if steps else 0.0)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}

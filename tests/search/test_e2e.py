@@ -138,7 +138,9 @@ def test_rerun_resumes_the_study_and_counts_the_budget_across_runs(finished_stud
         open_study(_config(tmp_path, n_trials=5).replace(max_epochs=4))
 
 
-def test_ctrl_c_ends_the_trial_cleanly_and_a_rerun_resumes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_ends_the_trial_cleanly_and_a_rerun_resumes(
+        tmp_path: Path, sig: signal.Signals) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
     # patience as long as the epoch budget: no early stopping, so the first trial is still
     # training when the signal comes, however slow or fast the machine
@@ -164,7 +166,7 @@ def test_ctrl_c_ends_the_trial_cleanly_and_a_rerun_resumes(tmp_path: Path) -> No
     else:
         proc.kill()
         pytest.fail("no trial started training within 120 s:\n" + proc.communicate()[0])
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, output
     assert "Traceback" not in output
@@ -172,11 +174,15 @@ def test_ctrl_c_ends_the_trial_cleanly_and_a_rerun_resumes(tmp_path: Path) -> No
     study = optuna.load_study(study_name="digits", storage=storage)
     trial = study.trials[0]
     assert trial.state == TrialState.FAIL and trial.user_attrs["interrupted"] is True
+    expected = "interrupted (Ctrl-C)" if sig == signal.SIGINT else "interrupted (stopped by SIGTERM)"
+    assert trial.user_attrs["fail_reason"] == expected
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
     assert runs and all(r.info.status != "RUNNING" for r in runs)
     child = next(r for r in runs if "mlflow.parentRunId" in r.data.tags)
     assert child.info.status == "KILLED" and child.data.tags["interrupted"] == "true"
+    if sig == signal.SIGTERM:
+        return  # resuming after an interruption is the same either way: checked once
 
     rerun = subprocess.run(command[:6] + ["1"] + command[7:], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=300)

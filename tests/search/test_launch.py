@@ -59,13 +59,10 @@ def _start(tmp_path: Path, *extra: str) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)
 
 
-@pytest.mark.slow
-def test_two_workers_share_one_study_and_a_killed_worker_leaves_nothing_running(tmp_path) -> None:
-    proc = _start(tmp_path, "--trials", "3", "--epochs", "12")
-    storage = f"sqlite:///{tmp_path}/mlruns/optuna.db"
-    victim = None
-    deadline = time.monotonic() + 300
-    while victim is None and time.monotonic() < deadline:
+def _training(proc: subprocess.Popen, storage: str, timeout: float = 300) -> list:
+    """Wait until a worker's trial has trained an epoch; return the trials training then."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         time.sleep(0.5)
         try:
             study = optuna.load_study(study_name="digits", storage=storage)
@@ -74,10 +71,16 @@ def test_two_workers_share_one_study_and_a_killed_worker_leaves_nothing_running(
         except Exception:
             continue
         if running:
-            victim = running[0]
-    if victim is None:
-        proc.kill()
-        pytest.fail("no trial started training within 300 s:\n" + proc.communicate()[0])
+            return running
+    proc.kill()
+    pytest.fail(f"no trial started training within {timeout} s:\n" + proc.communicate()[0])
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_and_a_killed_worker_leaves_nothing_running(tmp_path) -> None:
+    proc = _start(tmp_path, "--trials", "3", "--epochs", "12")
+    storage = f"sqlite:///{tmp_path}/mlruns/optuna.db"
+    victim = _training(proc, storage)[0]
     os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
     output = proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, output
@@ -105,3 +108,28 @@ def test_two_workers_share_one_study_and_a_killed_worker_leaves_nothing_running(
     assert sorted(numbers, key=int) == [str(t.number) for t in trials if "mlflow_run_id" in t.user_attrs]
     assert next(r for r in children if r.data.tags["optuna.trial_number"] == str(victim.number)
                 ).info.status == "FAILED"
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_stops_every_worker_cleanly(tmp_path) -> None:
+    # patience as long as the epoch budget: the trials are still training when the signal comes
+    proc = _start(tmp_path, "--trials", "4", "--epochs", "25",
+                  "--set", "space.patience={type: int, low: 25, high: 25, default: 25}")
+    storage = f"sqlite:///{tmp_path}/mlruns/optuna.db"
+    _training(proc, storage)
+    proc.send_signal(signal.SIGTERM)  # to the launcher only, as `kill <pid>` would
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 130, output
+    assert "Traceback" not in output
+
+    trials = optuna.load_study(study_name="digits", storage=storage).get_trials()
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    stopped = [t for t in trials if t.user_attrs.get("interrupted")]
+    assert stopped and all(t.state == TrialState.FAIL for t in stopped)
+    assert {t.user_attrs["fail_reason"] for t in stopped} == {"interrupted (stopped by SIGTERM)"}
+    for pid in {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in trials}:
+        with pytest.raises(ProcessLookupError):  # no worker outlives the launcher
+            os.kill(pid, 0)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    assert runs and all(r.info.status != "RUNNING" for r in runs)

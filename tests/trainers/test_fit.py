@@ -115,6 +115,18 @@ def test_cross_validate_reports_every_fold_and_averages_best_epochs() -> None:
     assert not result.stopped
 
 
+def test_cross_validate_reports_each_training_batch_before_it_runs() -> None:
+    data = _blobs()  # 48 images, 2 folds: 24 training images = 3 batches of 8
+    folds = stratified_folds(data.y, 2, seed=0)
+    recipe = Recipe(max_epochs=2, patience=2, learning_rate=1e-2, batch_size=8)
+    batches: list[tuple[int, int, float]] = []
+    cross_validate(data, folds, recipe, _tiny(), seed=1, on_batch=lambda *b: batches.append(b),
+                   fail_at_chance=False)
+    expected = [(fold, epoch, f) for fold in (0, 1) for epoch in (0, 1) for f in (0, 1 / 3, 2 / 3)]
+    assert [b[:2] for b in batches] == [e[:2] for e in expected]
+    assert [b[2] for b in batches] == pytest.approx([e[2] for e in expected])
+
+
 def test_cross_validate_losses_exclude_the_l2_penalty() -> None:
     """Keras adds kernel penalties to val_loss; the objective must be plain cross-entropy."""
     data = _blobs()

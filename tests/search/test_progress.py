@@ -1,0 +1,81 @@
+"""The study's progress display: bars that move within an epoch, lines where no bar is drawn."""
+
+from __future__ import annotations
+
+import io
+import types
+
+import pytest
+from rich.console import Console
+
+import search.progress
+from search.progress import StudyProgress, _duration
+
+COUNTS = {"complete": 0, "pruned": 0, "failed": 0}
+
+
+def _progress(*, terminal: bool, log_every: float = 60.0) -> tuple[StudyProgress, io.StringIO]:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=terminal, width=200)
+    return StudyProgress("s", 10, COUNTS, None, console=console, n_folds=2, max_epochs=4,
+                         log_every=log_every), out
+
+
+def test_without_a_terminal_the_running_trial_is_logged_at_most_every_log_every() -> None:
+    progress, out = _progress(terminal=False, log_every=0.0)
+    with progress:
+        progress.trial_started(3)
+        progress.batch(1, 2, 0.5)
+        progress.epoch(1, 2, 6, 1.25)
+        progress.trial_finished(3, "COMPLETE", 1.2)
+    lines = out.getvalue().splitlines()
+    assert lines == ["trial 3: fold 2/2 · epoch 3/4 at 50% · 0s so far",
+                     "trial 3: fold 2/2 · epoch 3 · val_loss 1.2500 · 0s so far",
+                     "trial 3: complete cv val_loss 1.2000"]
+
+
+def test_without_a_terminal_nothing_but_finished_trials_before_log_every() -> None:
+    progress, out = _progress(terminal=False, log_every=3600.0)
+    with progress:
+        progress.trial_started(0)
+        for epoch in range(4):
+            progress.batch(0, epoch, 0.5)
+            progress.epoch(0, epoch, epoch, 2.0)
+        progress.trial_finished(0, "PRUNED", None, " at step 3")
+    assert out.getvalue().splitlines() == ["trial 0: pruned at step 3"]
+
+
+def test_on_a_terminal_the_trial_bar_moves_within_an_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(search.progress, "BATCH_UPDATE_SECONDS", 0.0)
+    progress, out = _progress(terminal=True, log_every=0.0)
+    trial = progress._progress.tasks[1]
+    with progress:
+        progress.job_started("baseline none")
+        progress.batch(1, 2, 0.25)
+        assert trial.completed == pytest.approx(1 * 4 + 2 + 0.25)
+        assert trial.description == "baseline none" and trial.visible
+        progress.show(types.SimpleNamespace(fold=1, epoch=2, step=6, val_loss=1.5, filled=False))
+        assert trial.completed == 7
+        # the stand-in report for epochs early stopping skipped moves nothing
+        progress.show(types.SimpleNamespace(fold=1, epoch=3, step=7, val_loss=1.5, filled=True))
+        assert trial.completed == 7
+        progress.job_finished()
+        assert not trial.visible
+    assert "so far" not in out.getvalue()  # the bars are the display; no log lines
+
+
+def test_batch_redraws_are_throttled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(search.progress, "BATCH_UPDATE_SECONDS", 3600.0)
+    progress, _ = _progress(terminal=True)
+    trial = progress._progress.tasks[1]
+    with progress:
+        progress.trial_started(0)
+        progress.batch(0, 0, 0.1)
+        progress.batch(0, 0, 0.9)
+    assert trial.completed == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("seconds,text", [(0, "0s"), (59.9, "59s"), (75, "1m15s"),
+                                          (3700, "1h01m"), (90000, "25h00m")])
+def test_duration(seconds: float, text: str) -> None:
+    assert _duration(seconds) == text
