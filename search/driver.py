@@ -181,14 +181,14 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
                 run_trials(study, objective, n_trials=config.n_trials, timeout=config.timeout)
             except KeyboardInterrupt:
                 interrupted = True
-    counts = count_trials(study)
-    print_best(study, config, console)
-    if not interrupted and config.report and session.data.heldout is not None:
-        try:
-            _report(study, config, session.data, session.models, tracker, parent, baselines,
-                    console, session.weights)
-        except KeyboardInterrupt:
-            interrupted = True
+        counts = count_trials(study)
+        print_best(study, config, console)
+        if not interrupted and config.report and session.data.heldout is not None:
+            try:
+                _report(study, config, session.data, session.models, tracker, parent, baselines,
+                        console, session.weights, bars)
+            except KeyboardInterrupt:
+                interrupted = True
     finish_parent(study, config, tracker, parent, interrupted=interrupted)
     if interrupted:
         console.print("interrupted: the current trial is marked failed; rerun the same command "
@@ -247,7 +247,8 @@ def _run_workers(study: optuna.Study, tracker: Tracker, plan: Any, argv: list[st
     return supervise(procs, on_tick=tick, on_death=died)
 
 
-def _report(study, config, data, models, tracker, parent, baselines, console, weights) -> None:  # noqa: ANN001
+def _report(study, config, data, models, tracker, parent, baselines, console, weights,  # noqa: ANN001
+            progress) -> None:
     """Retrain the selected trial and the baselines; print and log the held-out table."""
     from search.report import heldout_report, report_table
 
@@ -262,7 +263,7 @@ def _report(study, config, data, models, tracker, parent, baselines, console, we
                        if "cv_val_loss" in outcome})
     report = heldout_report(study, candidates, train=data.train, heldout=data.heldout,
                             models=models, seed=config.seed, tracker=tracker, parent_run_id=parent,
-                            console=console, class_weight=weights)
+                            console=console, class_weight=weights, progress=progress)
     console.print(report_table(report, f"held-out report of {config.name} "
                                        f"({len(data.heldout)} held-out images)"))
 

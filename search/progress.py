@@ -46,6 +46,7 @@ class StudyProgress:
         self.live = bars and self.console.is_terminal
         self.log_every = log_every
         self._label: str | None = None
+        self._folds, self._epochs = n_folds, max_epochs
         self._trial_started = self._last_line = self._last_batch = 0.0
         self._where = ""
         self._progress = Progress(
@@ -81,12 +82,18 @@ class StudyProgress:
     def trial_started(self, number: int) -> None:
         self.job_started(f"trial {number}")
 
-    def job_started(self, label: str) -> None:
-        """Show the bar of a cross-validated training (a trial or a baseline) named ``label``."""
+    def job_started(self, label: str, *, n_folds: int | None = None,
+                    max_epochs: int | None = None) -> None:
+        """Show the bar of a training named ``label``: a trial, a baseline, a retraining.
+
+        ``n_folds`` and ``max_epochs`` default to the study's.
+        """
         self._label = label
+        self._folds = n_folds or self.n_folds
+        self._epochs = max_epochs or self.max_epochs
         self._trial_started = self._last_line = time.monotonic()
         self._where = ""
-        self._progress.reset(self._trial, total=self.n_folds * self.max_epochs, visible=True,
+        self._progress.reset(self._trial, total=self._folds * self._epochs, visible=True,
                              description=label, status="")
 
     def job_finished(self) -> None:
@@ -95,8 +102,7 @@ class StudyProgress:
 
     def epoch(self, fold: int, epoch: int, step: int, val_loss: float) -> None:
         """Epoch ``epoch`` of ``fold`` ended (``step`` counts epochs across folds)."""
-        self._where = (f"fold {fold + 1}/{self.n_folds} · epoch {epoch + 1} · "
-                       f"val_loss {val_loss:.4f}")
+        self._where = f"{self._fold(fold)}epoch {epoch + 1} · val_loss {val_loss:.4f}"
         self._progress.update(self._trial, completed=step + 1, status=self._where)
         self._log_if_due()
 
@@ -118,12 +124,14 @@ class StudyProgress:
             return
         self._last_batch = now
         if self.live:
-            self._progress.update(self._trial,
-                                  completed=fold * self.max_epochs + epoch + fraction)
+            self._progress.update(self._trial, completed=fold * self._epochs + epoch + fraction)
         elif now - self._last_line >= self.log_every:
-            self._where = (f"fold {fold + 1}/{self.n_folds} · epoch {epoch + 1}/{self.max_epochs} "
+            self._where = (f"{self._fold(fold)}epoch {epoch + 1}/{self._epochs} "
                            f"at {100 * fraction:.0f}%")
             self._log_if_due()
+
+    def _fold(self, fold: int) -> str:
+        return f"fold {fold + 1}/{self._folds} · " if self._folds > 1 else ""
 
     def _log_if_due(self) -> None:
         now = time.monotonic()

@@ -157,7 +157,7 @@ def cross_validate(
     results: list[FoldResult] = []
     for fold in folds:
         model = models.prepare(recipe, seed + fold.index)
-        reporter = _Reporter(fold.index, recipe.max_epochs, on_epoch, on_batch)
+        reporter = _Reporter(fold.index, recipe.max_epochs, on_epoch)
         stopper = early_stopping(recipe)
         train, val = data.subset(fold.train), data.subset(fold.val)
         start = time.perf_counter()
@@ -167,7 +167,8 @@ def cross_validate(
             batch_size=recipe.batch_size,
             epochs=recipe.max_epochs,
             class_weight=class_weight,
-            callbacks=[SeedAtTrainBegin(seed + fold.index), reporter, stopper],
+            callbacks=[SeedAtTrainBegin(seed + fold.index), reporter, stopper,
+                       *_batch_hooks(fold.index, on_batch)],
             verbose=0,
         ).history
         seconds = time.perf_counter() - start
@@ -202,20 +203,35 @@ def _at_chance(val_losses: Sequence[float], chance: float) -> bool:
     return max(abs(v - chance) for v in val_losses) <= CHANCE_TOLERANCE * chance
 
 
-class _Reporter(keras.callbacks.Callback):
-    """Turn Keras epoch logs into `EpochMetrics`, stop on a non-finite loss or when asked.
+class _BatchHook(keras.callbacks.Callback):
+    """Call ``on_batch(fold, epoch, fraction done)`` before every training batch.
 
-    Batch progress goes through ``on_train_batch_begin``, which Keras calls without logs: a
-    batch-*end* hook would make Keras fetch every batch's metrics from the device and turn off
-    its asynchronous callback dispatch on JAX.
+    ``on_train_batch_begin`` gets no logs: a batch-*end* hook would make Keras fetch every
+    batch's metrics from the device and turn off its asynchronous callback dispatch on JAX.
     """
 
-    def __init__(self, fold: int, max_epochs: int, on_epoch: OnEpoch | None,
-                 on_batch: OnBatch | None = None) -> None:
+    def __init__(self, fold: int, on_batch: OnBatch) -> None:
         super().__init__()
-        self.fold, self.max_epochs = fold, max_epochs
-        self.on_epoch, self.on_batch = on_epoch, on_batch
-        self.epoch = 0
+        self.fold, self.on_batch, self.epoch = fold, on_batch, 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        steps = self.params.get("steps") or 0
+        self.on_batch(self.fold, self.epoch, batch / steps if steps else 0.0)
+
+
+def _batch_hooks(fold: int, on_batch: OnBatch | None) -> list[keras.callbacks.Callback]:
+    return [] if on_batch is None else [_BatchHook(fold, on_batch)]
+
+
+class _Reporter(keras.callbacks.Callback):
+    """Turn Keras epoch logs into `EpochMetrics`, stop on a non-finite loss or when asked."""
+
+    def __init__(self, fold: int, max_epochs: int, on_epoch: OnEpoch | None) -> None:
+        super().__init__()
+        self.fold, self.max_epochs, self.on_epoch = fold, max_epochs, on_epoch
         self.best = math.inf
         self.stopped = False
         self.diverged = False
@@ -236,14 +252,6 @@ class _Reporter(keras.callbacks.Callback):
             )
             if self.on_epoch(filled):
                 self.stopped = True
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.epoch = epoch
-
-    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        if self.on_batch is not None:
-            steps = self.params.get("steps") or 0
-            self.on_batch(self.fold, self.epoch, batch / steps if steps else 0.0)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
@@ -297,13 +305,14 @@ def train_final(
     epochs: int,
     seed: int = 0,
     class_weight: dict[int, float] | None = None,
+    on_batch: OnBatch | None = None,
 ) -> FinalResult:
     """Train ``recipe`` on all of ``train`` for ``epochs`` epochs, then score ``heldout`` once.
 
     There is no validation split left to stop on, so the epoch count comes from the
     cross-validation (the folds' mean best epoch). The held-out loss is recorded after every
     epoch for the learning curves only; nothing is chosen by it. ``models`` as in
-    `cross_validate`.
+    `cross_validate`; ``on_batch`` too, with fold 0.
 
     Returns:
         Training and held-out cross-entropy and accuracy after the last epoch, with curves.
@@ -315,7 +324,7 @@ def train_final(
         batch_size=recipe.batch_size,
         epochs=epochs,
         class_weight=class_weight,
-        callbacks=[SeedAtTrainBegin(seed)],
+        callbacks=[SeedAtTrainBegin(seed), *_batch_hooks(0, on_batch)],
         verbose=0,
     ).history
     history = {k: [float(v) for v in vs] for k, vs in history.items()}

@@ -34,6 +34,20 @@ def test_without_a_terminal_the_running_trial_is_logged_at_most_every_log_every(
                      "trial 3: complete cv val_loss 1.2000"]
 
 
+def test_a_job_with_its_own_epochs_and_one_fold() -> None:
+    progress, out = _progress(terminal=False, log_every=0.0)
+    trial = progress._progress.tasks[1]
+    with progress:
+        progress.job_started("retraining selected (trial 7)", n_folds=1, max_epochs=3)
+        assert trial.total == 3
+        progress.batch(0, 1, 0.5)
+        progress.job_finished()
+        progress.trial_started(8)  # the next trial is back to the study's folds and epochs
+        assert trial.total == 8
+    assert out.getvalue().splitlines() == [
+        "retraining selected (trial 7): epoch 2/3 at 50% · 0s so far"]
+
+
 def test_without_a_terminal_nothing_but_finished_trials_before_log_every() -> None:
     progress, out = _progress(terminal=False, log_every=3600.0)
     with progress:

@@ -16,6 +16,7 @@ from trainers.fit import (
     StuckAtChance,
     _Reporter,
     cross_validate,
+    train_final,
 )
 from trainers.kfold import stratified_folds
 from trainers.recipe import Recipe
@@ -125,6 +126,15 @@ def test_cross_validate_reports_each_training_batch_before_it_runs() -> None:
     expected = [(fold, epoch, f) for fold in (0, 1) for epoch in (0, 1) for f in (0, 1 / 3, 2 / 3)]
     assert [b[:2] for b in batches] == [e[:2] for e in expected]
     assert [b[2] for b in batches] == pytest.approx([e[2] for e in expected])
+
+
+def test_train_final_reports_its_batches_as_fold_0() -> None:
+    data = _blobs(n=16)  # 16 images, batch 8: 2 batches an epoch
+    batches: list[tuple[int, int, float]] = []
+    result = train_final(data, _blobs(n=6, seed=1), Recipe(batch_size=8, learning_rate=1e-2),
+                         _tiny(), epochs=3, on_batch=lambda *b: batches.append(b))
+    assert batches == [(0, epoch, f) for epoch in range(3) for f in (0.0, 0.5)]
+    assert result.epochs == 3
 
 
 def test_cross_validate_losses_exclude_the_l2_penalty() -> None:
