@@ -17,6 +17,7 @@ from rich.console import Console
 
 from search.config import StudyConfig, user_input
 from search.datasets import StudyData, load_data
+from search.launch import WORKER_ATTR
 from search.plots import save_study_plots
 from search.progress import StudyProgress, best_trials_table
 from search.recipe_file import BACKEND_ATTR, DATA_ATTR, RECIPE_ATTR, recipe_document, write_recipe
@@ -230,10 +231,14 @@ def _run_workers(study: optuna.Study, tracker: Tracker, plan: Any, argv: list[st
     seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
 
     def tick() -> None:
+        running = {}
         for trial in study.get_trials(deepcopy=False):
             if trial.state.is_finished() and trial.number not in seen:
                 seen.add(trial.number)
                 announce(bars, trial)
+            elif trial.state == TrialState.RUNNING:
+                running[trial.number] = (_worker_label(trial), trial.last_step)
+        bars.workers(running)
 
     def died(proc: Any) -> None:
         worker = f"{socket.gethostname()}:{proc.pid}"
@@ -245,6 +250,13 @@ def _run_workers(study: optuna.Study, tracker: Tracker, plan: Any, argv: list[st
                       f"again; the other workers go on", highlight=False)
 
     return supervise(procs, on_tick=tick, on_death=died)
+
+
+def _worker_label(trial: optuna.trial.FrozenTrial) -> str:
+    """``pid 1234`` for a worker on this host, ``host:pid`` for one elsewhere."""
+    worker = trial.user_attrs.get(WORKER_ATTR, "")
+    host, _, pid = worker.rpartition(":")
+    return f"pid {pid}" if host == socket.gethostname() else worker
 
 
 def _report(study, config, data, models, tracker, parent, baselines, console, weights,  # noqa: ANN001

@@ -47,6 +47,7 @@ class StudyProgress:
         self.log_every = log_every
         self._label: str | None = None
         self._folds, self._epochs = n_folds, max_epochs
+        self._workers: dict[int, Any] = {}  # running trial number -> its bar (`workers`)
         self._trial_started = self._last_line = self._last_batch = 0.0
         self._where = ""
         self._progress = Progress(
@@ -129,6 +130,34 @@ class StudyProgress:
             self._where = (f"{self._fold(fold)}epoch {epoch + 1}/{self._epochs} "
                            f"at {100 * fraction:.0f}%")
             self._log_if_due()
+
+    def workers(self, running: dict[int, tuple[str, int | None]]) -> None:
+        """Show the trials other processes are running: ``{number: (worker, last step)}``.
+
+        The launcher calls this with what the storage holds, about once a second: a bar per
+        running trial, moved at the end of every epoch (``step`` counts epochs across folds, as
+        trials report them). Off a terminal, one line lists them at most every ``log_every``.
+        """
+        for number in list(self._workers):
+            if number not in running:
+                self._progress.remove_task(self._workers.pop(number))
+        where = {}
+        for number, (worker, step) in sorted(running.items()):
+            done = 0 if step is None else step + 1
+            fold, epoch = divmod(done, self.max_epochs) if done else (0, 0)
+            if done and epoch == 0:  # a fold's last epoch: show it, not the next fold's 0
+                fold, epoch = fold - 1, self.max_epochs
+            where[number] = f"fold {fold + 1}/{self.n_folds} · epoch {epoch}/{self.max_epochs}"
+            if number not in self._workers:
+                self._workers[number] = self._progress.add_task(
+                    f"trial {number}", total=self.n_folds * self.max_epochs, status="")
+            self._progress.update(self._workers[number], completed=done,
+                                  status=f"{where[number]} · {worker}")
+        now = time.monotonic()
+        if not self.live and where and now - self._last_line >= self.log_every:
+            self._last_line = now
+            self.console.print("running: " + "; ".join(
+                f"trial {n} {w}" for n, w in where.items()), highlight=False)
 
     def _fold(self, fold: int) -> str:
         return f"fold {fold + 1}/{self._folds} · " if self._folds > 1 else ""

@@ -93,3 +93,34 @@ def test_batch_redraws_are_throttled(monkeypatch: pytest.MonkeyPatch) -> None:
                                           (3700, "1h01m"), (90000, "25h00m")])
 def test_duration(seconds: float, text: str) -> None:
     assert _duration(seconds) == text
+
+
+def test_the_launcher_shows_a_bar_per_running_trial_of_its_workers() -> None:
+    progress, out = _progress(terminal=True)  # 2 folds x 4 epochs
+
+    def trial_bars() -> dict:
+        return {t.description: t for t in progress._progress.tasks
+                if t.description.startswith("trial ")}
+
+    with progress:
+        progress.workers({3: ("pid 11", None), 4: ("pid 12", 5)})
+        bars = trial_bars()
+        assert set(bars) == {"trial 3", "trial 4"}
+        assert bars["trial 3"].completed == 0 and bars["trial 4"].completed == 6
+        assert bars["trial 4"].fields["status"] == "fold 2/2 · epoch 2/4 · pid 12"
+        progress.workers({4: ("pid 12", 3)})  # trial 3 ended; trial 4 at a fold's last epoch
+        bars = trial_bars()
+        assert set(bars) == {"trial 4"}
+        assert bars["trial 4"].fields["status"] == "fold 1/2 · epoch 4/4 · pid 12"
+        progress.workers({})
+        assert not trial_bars()
+
+
+def test_off_a_terminal_the_launcher_lists_running_trials_at_most_every_log_every() -> None:
+    progress, out = _progress(terminal=False, log_every=0.0)
+    with progress:
+        progress.workers({3: ("pid 11", 0), 4: ("host-b:12", 7)})
+        progress.log_every = 3600.0
+        progress.workers({3: ("pid 11", 1)})
+    assert out.getvalue().splitlines() == [
+        "running: trial 3 fold 1/2 · epoch 1/4; trial 4 fold 2/2 · epoch 4/4"]
