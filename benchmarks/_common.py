@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -58,3 +59,22 @@ def write_result(name: str, result: dict, markdown: str) -> Path:
 def machine_table(info: dict[str, str]) -> str:
     rows = "\n".join(f"| {k} | {v} |" for k, v in info.items())
     return f"| machine | |\n| --- | --- |\n{rows}\n"
+
+
+def trial_overheads(trials: list) -> dict[str, float | None]:
+    """Median time to the first training step, leaving out each worker's first trial.
+
+    ``first_step_seconds``: a trial's start to its first step (target: at most 1 s on a GPU
+    after a worker's first trial, which pays the worker's one compilation);
+    ``later_folds_first_step_seconds``: the same from each later fold's start.
+    """
+    by_worker: dict[str, list] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        if "first_step_seconds" in t.user_attrs:
+            by_worker.setdefault(t.user_attrs.get("worker", ""), []).append(t)
+    later = [t for runs in by_worker.values() for t in runs[1:]]
+    out: dict[str, float | None] = {}
+    for key in ("first_step_seconds", "later_folds_first_step_seconds"):
+        values = [t.user_attrs[key] for t in later if key in t.user_attrs]
+        out[f"median_{key}"] = statistics.median(values) if values else None
+    return out

@@ -71,7 +71,7 @@ def report(args: argparse.Namespace) -> None:
     import optuna
     from optuna.trial import TrialState
 
-    from benchmarks._common import machine, machine_table, write_result
+    from benchmarks._common import machine, machine_table, trial_overheads, write_result
     from search.baselines import BASELINES_ATTR
     from search.report import HELDOUT_ATTR
 
@@ -126,6 +126,7 @@ def report(args: argparse.Namespace) -> None:
         "images_trained": epochs * fold_images, "fit_seconds": fit_seconds,
         "images_per_second_aggregate": epochs * fold_images / phase["wall_seconds"],
         "images_per_second_inside_fit": epochs * fold_images / fit_seconds if fit_seconds else None,
+        **trial_overheads(trials),
         "machine": json.loads(Path(args.machine).read_text()) if args.machine else machine(),
     }
     lines = [f"# Held-out report: `{args.study}`, {args.folds} folds, {args.epochs} epochs at most",
@@ -143,10 +144,18 @@ def report(args: argparse.Namespace) -> None:
            if result["best_cv_val_loss"] else ""), "",
         f"Training throughput: {result['images_per_second_aggregate']:.0f} images/s aggregate over "
         f"the search phase, {result['images_per_second_inside_fit'] or 0:.0f} images/s per "
-        f"process inside `fit`.", "", machine_table(result["machine"])]
+        f"process inside `fit`.", "",
+        "Trial overhead (median, each worker's first trial left out): "
+        f"{_seconds(result['median_first_step_seconds'])} from a trial's start to its first "
+        f"training step, {_seconds(result['median_later_folds_first_step_seconds'])} from a "
+        "later fold's start.", "", machine_table(result["machine"])]
     md = "\n".join(lines) + "\n"
     print(md)
     print(f"written: {write_result(f'heldout-{args.study}', result, md)}")
+
+
+def _seconds(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} s"
 
 
 def main() -> None:

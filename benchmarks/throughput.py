@@ -85,6 +85,7 @@ def _study_run(args: argparse.Namespace, workers: int, precision: str, gpu: bool
     """One ``search.run`` with ``workers`` processes; images/s from its trials and wall time."""
     import optuna
 
+    from benchmarks._common import trial_overheads
     from search.config import build_config
     from search.recipe_file import DATA_ATTR
 
@@ -123,6 +124,7 @@ def _study_run(args: argparse.Namespace, workers: int, precision: str, gpu: bool
         "images": epochs * fold_train,
         "images_per_second": epochs * fold_train / wall,
         "fit_seconds": fit, "fit_share": fit / (workers * wall),
+        **trial_overheads(trials),
     })
     if code != 0:
         row["error"] = f"exit {code}; output: {tail[-800:]}"
@@ -258,10 +260,13 @@ def main() -> None:
     def clean(text: str) -> str:
         return " ".join(text.split()).replace("|", "/")[:200]
 
+    def seconds(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
     def fmt(row: dict[str, Any]) -> str:
         ref = plains[row["precision"]].get("images_per_second")
         if "images_per_second" not in row:
-            return (f"| {row['precision']} | {row['workers']} | - | - | - | - | - | "
+            return (f"| {row['precision']} | {row['workers']} | - | - | - | - | - | - | - | "
                     f"failed: {clean(row.get('error', ''))} |")
         ratio = f"{row['images_per_second'] / ref:.2f}" if ref else "-"
         note = clean(row.get("error", ""))
@@ -271,6 +276,8 @@ def main() -> None:
         return (f"| {row['precision']} | {row['workers']} | {row['trials']} | "
                 f"{row['epochs_trained']} | {row['wall_seconds']:.1f} | "
                 f"{row['images_per_second']:,.0f} | {100 * row['fit_share']:.0f}% | "
+                f"{seconds(row.get('median_first_step_seconds'))} | "
+                f"{seconds(row.get('median_later_folds_first_step_seconds'))} | "
                 f"{ratio} {note}|")
 
     nan = float("nan")
@@ -295,9 +302,13 @@ def main() -> None:
         f"x {args.epochs} epochs at most (early stopping still applies), `--pruner none`, fresh "
         f"temporary store. Images/s = sum of trials' epochs trained x fold training size / wall "
         f"time of the whole run (start-up, data, Optuna, MLflow included). In fit = share of "
-        f"the N workers' time spent inside Keras `fit`.\n\n"
+        f"the N workers' time spent inside Keras `fit`. Trial -> 1st step: median time from a "
+        f"trial's start to its first training step, each worker's first trial (its one "
+        f"compilation) left out; fold -> 1st step: the same from the start of each later "
+        f"fold.\n\n"
         f"| precision | workers | trials | epochs trained | wall s | images/s | in fit | "
-        f"x plain |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n"
+        f"trial -> 1st step s | fold -> 1st step s | x plain |\n"
+        f"| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
         + "\n".join(fmt(r) for r in rows) + "\n\n"
         f"Plain Keras process (reference): the same model (built and compiled once) and "
         f"data, the study's default recipe, fit on fold 0's training split for trials x folds x "

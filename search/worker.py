@@ -49,6 +49,7 @@ class Objective:
     class_weight: dict[int, float] | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
+        entered = time.perf_counter()
         recipe = make_recipe(self.config, sample_params(self.config.spec.space, trial))
         run_id = self.tracker.start_trial(self.parent_run_id, trial.number, recipe.to_dict())
         trial.set_user_attr(RECIPE_ATTR, recipe.to_dict())
@@ -68,6 +69,7 @@ class Objective:
         def on_fold(fold: FoldResult) -> None:
             self.tracker.log_fold(run_id, fold.fold, fold_curves(fold))
 
+        lead = time.perf_counter() - entered  # sampling, MLflow run, storage writes
         try:
             result = cross_validate(
                 self.data, self.folds, recipe, self.models, seed=self.config.seed,
@@ -85,7 +87,7 @@ class Objective:
             trial.set_user_attr("fail_reason", reason)
             self.tracker.finish_trial(run_id, "FAIL", reason=reason)
             raise
-        summary = summarize(result)
+        summary = summarize(result, lead_seconds=lead)
         for key, value in summary.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("best_epochs", [f.best_epoch for f in result.folds])
@@ -131,8 +133,17 @@ def fold_curves(fold: FoldResult) -> dict[str, list[float]]:
             "val_accuracy": h["val_accuracy"]}
 
 
-def summarize(result: CVResult) -> dict[str, float]:
-    """The summary metrics of a cross-validated recipe (trial or baseline)."""
+def summarize(result: CVResult, lead_seconds: float = 0.0) -> dict[str, float]:
+    """The summary metrics of a cross-validated recipe (trial or baseline).
+
+    ``first_step_seconds`` is the time from the trial's start to its first training step:
+    ``lead_seconds`` (what the trial did before its first fold began: sampling, the MLflow run)
+    plus the first fold's time to its first step. ``later_folds_first_step_seconds`` is the same
+    per-fold overhead for the folds after the first (absent with one fold).
+    """
+    overhead = {"first_step_seconds": lead_seconds + result.folds[0].first_step_seconds}
+    if len(result.folds) > 1:
+        overhead["later_folds_first_step_seconds"] = result.later_folds_first_step_seconds
     return {
         "cv_val_loss": result.val_loss,
         "cv_val_loss_std": result.val_loss_std,
@@ -142,6 +153,7 @@ def summarize(result: CVResult) -> dict[str, float]:
         "n_folds_trained": float(len(result.folds)),
         "epochs_trained": float(sum(f.n_epochs for f in result.folds)),
         "fit_seconds": result.fit_seconds,
+        **overhead,
     }
 
 

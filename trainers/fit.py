@@ -57,6 +57,9 @@ class FoldResult:
     n_epochs: int
     fit_seconds: float
     history: dict[str, list[float]] = field(repr=False)
+    # from the fold's start (model prepared, data split) to its first training step: the
+    # per-fold overhead, compilation included where there is one (`_FirstStep`)
+    first_step_seconds: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,12 @@ class CVResult:
     @property
     def fit_seconds(self) -> float:
         return float(sum(f.fit_seconds for f in self.folds))
+
+    @property
+    def later_folds_first_step_seconds(self) -> float:
+        """Mean time from a fold's start to its first step, over the folds after the first."""
+        later = [f.first_step_seconds for f in self.folds[1:]]
+        return float(np.mean(later)) if later else math.nan
 
 
 class TrainingFailed(RuntimeError):
@@ -156,6 +165,7 @@ def cross_validate(
     chance = math.log(data.n_classes)
     results: list[FoldResult] = []
     for fold in folds:
+        first_step = _FirstStep()
         model = models.prepare(recipe, seed + fold.index)
         reporter = _Reporter(fold.index, recipe.max_epochs, on_epoch)
         stopper = early_stopping(recipe)
@@ -167,7 +177,7 @@ def cross_validate(
             batch_size=recipe.batch_size,
             epochs=recipe.max_epochs,
             class_weight=class_weight,
-            callbacks=[SeedAtTrainBegin(seed + fold.index), reporter, stopper,
+            callbacks=[SeedAtTrainBegin(seed + fold.index), reporter, stopper, first_step,
                        *_batch_hooks(fold.index, on_batch)],
             verbose=0,
         ).history
@@ -185,6 +195,7 @@ def cross_validate(
             n_epochs=len(val_losses),
             fit_seconds=seconds,
             history={k: [float(v) for v in vs] for k, vs in history.items()},
+            first_step_seconds=first_step.at - first_step.started,
         )
         results.append(result)
         if on_fold is not None:
@@ -201,6 +212,29 @@ def cross_validate(
 
 def _at_chance(val_losses: Sequence[float], chance: float) -> bool:
     return max(abs(v - chance) for v in val_losses) <= CHANCE_TOLERANCE * chance
+
+
+class _FirstStep(keras.callbacks.Callback):
+    """When the first training step of a fit has run, counted from this callback's creation.
+
+    That is when the second batch begins (the first step has been traced, compiled if needed,
+    and launched), or when the first epoch ends if it has one batch. No batch-end hook, so
+    nothing waits for the device: on an asynchronous backend the step may still be finishing,
+    which is a few milliseconds beside the overhead this measures.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = time.perf_counter()
+        self.at = math.nan
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        if batch == 1 and math.isnan(self.at):
+            self.at = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if math.isnan(self.at):
+            self.at = time.perf_counter()
 
 
 class _BatchHook(keras.callbacks.Callback):

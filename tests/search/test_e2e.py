@@ -89,6 +89,10 @@ def test_study_records_one_parent_and_one_child_per_trial_in_mlflow(finished_stu
         trial = outcome.study.trials[number]
         assert run.data.metrics["cv_val_loss"] == pytest.approx(trial.value)
         assert {"cv_val_loss_std", "cv_val_accuracy", "generalization_gap"} <= set(run.data.metrics)
+        # the trial's overhead: its start to its first training step, and the same per later fold
+        first, later = (run.data.metrics[k] for k in ("first_step_seconds",
+                                                        "later_folds_first_step_seconds"))
+        assert 0 < later and 0 < first < run.data.metrics["fit_seconds"]
         assert float(run.data.params["dropout"]) == trial.user_attrs["recipe"]["dropout"]
         for fold in range(config.n_folds):
             curve = client.get_metric_history(run.info.run_id, f"fold_{fold}/val_loss")

@@ -137,6 +137,18 @@ def test_train_final_reports_its_batches_as_fold_0() -> None:
     assert result.epochs == 3
 
 
+@pytest.mark.parametrize("batch_size", [8, 64], ids=["3 batches", "1 batch"])
+def test_every_fold_records_its_time_to_the_first_step(batch_size: int) -> None:
+    data = _blobs()
+    folds = stratified_folds(data.y, 2, seed=0)
+    recipe = Recipe(max_epochs=2, patience=2, learning_rate=1e-2, batch_size=batch_size)
+    result = cross_validate(data, folds, recipe, _tiny(), seed=1, fail_at_chance=False)
+    for fold in result.folds:
+        # a fresh model per fold (Rebuild): each first step includes its compilation
+        assert 0 < fold.first_step_seconds < fold.fit_seconds + 1.0
+    assert result.later_folds_first_step_seconds == result.folds[1].first_step_seconds
+
+
 def test_cross_validate_losses_exclude_the_l2_penalty() -> None:
     """Keras adds kernel penalties to val_loss; the objective must be plain cross-entropy."""
     data = _blobs()
