@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 
 from search.config import StudyConfig
 from search.redact import redact_url
+from search.stores import store_error
 from spaces import default_params
 
 SETTINGS_ATTR = "regsearch.settings"
@@ -64,14 +65,17 @@ def open_storage(url: str, tracking_uri: str | None = None) -> optuna.storages.B
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = retry_schema_race(lambda: optuna.storages.RDBStorage(
-            url,
-            # SQLite: wait for the write lock rather than fail while other workers hold it
-            engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else None,
-            heartbeat_interval=60,
-            grace_period=180,
-            heartbeat_stale_trial_callback=StaleTrialCallback(tracking_uri),
-        ))
+        try:
+            storage = retry_schema_race(lambda: optuna.storages.RDBStorage(
+                url,
+                # SQLite: wait for the write lock rather than fail while other workers hold it
+                engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else None,
+                heartbeat_interval=60,
+                grace_period=180,
+                heartbeat_stale_trial_callback=StaleTrialCallback(tracking_uri),
+            ))
+        except Exception as exc:  # noqa: BLE001 (a bad URL becomes one line; the rest re-raised)
+            raise (store_error("--storage", url, exc) or exc) from exc
     if sqlite and ":memory:" not in url:  # one process only; closing it would empty it
         serialize_sqlite_transactions(storage.engine)
     return storage

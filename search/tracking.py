@@ -54,9 +54,16 @@ class Tracker:
             db = Path(tracking_uri.removeprefix("sqlite:///"))
             db.parent.mkdir(parents=True, exist_ok=True)
             self.artifact_root = (db.parent / "artifacts").resolve().as_uri()
+        from search.stores import check_tracking_server, store_error
         from search.study import retry_schema_race
 
-        self.client = retry_schema_race(lambda: MlflowClient(tracking_uri))
+        if tracking_uri.startswith(("http://", "https://")):
+            check_tracking_server(tracking_uri)
+        try:
+            self.client = retry_schema_race(lambda: MlflowClient(tracking_uri))
+            self.client.search_experiments(max_results=1)  # opens the store: fail here, clearly
+        except Exception as exc:  # noqa: BLE001 (a bad URI becomes one line; the rest re-raised)
+            raise (store_error("--tracking-uri", tracking_uri, exc) or exc) from exc
 
     def experiment_id(self, name: str) -> str:
         """Return the id of experiment ``name``, creating it (and restoring it if deleted)."""

@@ -203,3 +203,36 @@ def test_export_bad_trial_number(tmp_path, storage, trial, fragment):
                            "--trial", trial, cwd=tmp_path),
                        fragment)
     assert not list(tmp_path.glob("pruned_recipe.*"))
+
+
+@pytest.mark.parametrize(
+    ("option", "url", "fragments"),
+    [("--storage", "foo://bar", ["--storage foo://bar", "not a store URL", "postgresql+psycopg2://"]),
+     # port 1: nothing listens, so the connection is refused at once
+     ("--storage", "postgresql+psycopg2://u:s3cret@127.0.0.1:1/db",
+      ["--storage postgresql+psycopg2://u:***@127.0.0.1:1/db", "cannot open the database",
+       "refused"]),
+     ("--tracking-uri", "foo://bar", ["--tracking-uri foo://bar", "not a store URL",
+                                      "http://MLFLOW-SERVER"]),
+     ("--tracking-uri", "http://u:s3cret@127.0.0.1:1", ["--tracking-uri http://u:***@127.0.0.1:1",
+                                                        "no MLflow server answers", "refused"])],
+    ids=["storage-scheme", "storage-refused", "tracking-scheme", "tracking-server-down"],
+)
+def test_run_store_that_cannot_be_opened_is_one_line(tmp_path, option, url, fragments):
+    result = cli("search.run", "--study", "digits", option, url, cwd=tmp_path)
+    line = assert_usage_error(result, *fragments)
+    assert "s3cret" not in result.stderr + result.stdout, line
+
+
+def test_run_postgres_url_without_its_driver_says_which_to_install(tmp_path):
+    # A bare postgresql:// means psycopg 3 to SQLAlchemy 2.1; the postgres extra installs psycopg2.
+    result = cli("search.run", "--study", "digits", "--storage",
+                 "postgresql://u:s3cret@127.0.0.1:1/db", cwd=tmp_path)
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        assert_usage_error(result, "driver for postgresql:// is not installed",
+                           "postgresql+psycopg2://")
+    else:  # the driver is there: then the refused connection is the message
+        assert_usage_error(result, "cannot open the database")
+    assert "s3cret" not in result.stderr + result.stdout

@@ -1,0 +1,77 @@
+"""Say in one line why a store URL the user gave cannot be opened (Optuna's or MLflow's)."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from search.redact import redact_url
+
+EXAMPLES = {
+    "--storage": "sqlite:///mlruns/optuna.db, postgresql+psycopg2://USER:PASSWORD@HOST/DB or a "
+                 "journal file path",
+    "--tracking-uri": "sqlite:///mlruns/mlflow.db, postgresql+psycopg2://USER:PASSWORD@HOST/DB "
+                      "or http://MLFLOW-SERVER:5000",
+}
+
+
+def store_error(option: str, url: str, exc: BaseException) -> ValueError | None:
+    """A one-line `ValueError` for a store ``url`` (given as ``option``) that failed to open.
+
+    Returns None when ``exc`` is not about the URL (then it is regsearch's own error). The URL
+    is shown with its password hidden, and the password is cut from the driver's message too.
+    """
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
+    shown = f"{option} {redact_url(url)}"
+    scheme = url.split("://", 1)[0]
+    if isinstance(exc, ImportError):
+        hint = ("install the postgres extra (pip install 'regsearch[postgres]') and write "
+                "postgresql+psycopg2://...; a bare postgresql:// asks for the psycopg 3 driver "
+                "(pip install 'psycopg[binary]')" if scheme.startswith("postgresql")
+                else "install the Python driver for that database")
+        missing = f" ({exc.name})" if exc.name else ""
+        return ValueError(f"{shown}: the database driver for {scheme}:// is not installed"
+                          f"{missing}; {hint}.")
+    if isinstance(exc, (NoSuchModuleError, ArgumentError)) or (
+            isinstance(exc, MlflowException) and "unsupported URI" in str(exc)):
+        return ValueError(f"{shown}: not a store URL that can be opened; expected "
+                          f"{EXAMPLES.get(option, 'a database URL')}.")
+    if isinstance(exc, OperationalError):
+        reason = _scrub(str(getattr(exc, "orig", None) or exc).strip().splitlines()[0], url)
+        return ValueError(f"{shown}: cannot open the database: {reason}")
+    return None
+
+
+def check_tracking_server(uri: str, timeout: float = 10.0) -> None:
+    """Raise a one-line `ValueError` unless an HTTP server answers at ``uri``.
+
+    MLflow's client retries an unreachable server with back-off for minutes before it gives
+    up; one request with a timeout says at once what is wrong. Any HTTP answer (even 401 or
+    404) counts: the server is there, and MLflow's own calls report what else is wrong.
+    """
+    parts = urllib.parse.urlsplit(uri)
+    # any answer will do, so no credentials: cut them from the address (urllib would not parse them)
+    netloc = parts.netloc.rpartition("@")[2]
+    probe = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+    try:
+        urllib.request.urlopen(probe, timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ValueError(
+            f"--tracking-uri {redact_url(uri)}: no MLflow server answers there ({reason}); start "
+            f"one (mlflow server ...) or leave --tracking-uri out for the local store "
+            f"sqlite:///mlruns/mlflow.db.") from exc
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` without the password of ``url``, should a driver have quoted it."""
+    redacted = redact_url(url)
+    if redacted == url:
+        return text
+    password = url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+    return text.replace(password, "***") if password else text

@@ -1,0 +1,61 @@
+"""One-line errors for store URLs: the probe of an MLflow server and the password kept out."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from search.stores import check_tracking_server, store_error
+
+
+@pytest.fixture
+def http_server():
+    """A real HTTP server on loopback that answers 200 on /health and 404 elsewhere."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_server_that_answers_passes_the_probe(http_server: str) -> None:
+    check_tracking_server(http_server)
+    check_tracking_server(http_server.replace("http://", "http://user:pw@") + "/prefix/")  # 404
+
+
+def test_no_server_is_one_line_without_the_password() -> None:
+    uri = f"http://user:s3cret@127.0.0.1:{_closed_port()}"
+    with pytest.raises(ValueError, match="no MLflow server answers there") as info:
+        check_tracking_server(uri, timeout=5)
+    assert "s3cret" not in str(info.value) and "user:***@" in str(info.value)
+
+
+def test_a_driver_quoting_the_password_is_scrubbed() -> None:
+    url = "postgresql+psycopg2://u:s3cret@db/optuna"
+    exc = OperationalError("connect", {}, Exception('password "s3cret" rejected for u'))
+    error = store_error("--storage", url, exc)
+    assert error is not None and "s3cret" not in str(error)
+    assert str(error) == ('--storage postgresql+psycopg2://u:***@db/optuna: cannot open the '
+                          'database: password "***" rejected for u')
+
+
+def test_an_error_not_about_the_url_is_left_alone() -> None:
+    assert store_error("--storage", "sqlite:///x.db", RuntimeError("boom")) is None
