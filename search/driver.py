@@ -55,6 +55,10 @@ def _open_session(config: StudyConfig, *, data_dir: str | None, progress: bool,
     quiet_optuna()
     _set_precision(config.precision)
     with user_input():  # the data, the stores, the model options: the user's to fix
+        from trainers.models import check_model_name
+
+        # before the stored study is compared with this one: the name is wrong either way
+        check_model_name(config.spec.model["name"])
         data = load_data(config.spec.data, where=str(config.spec.path), seed=config.seed,
                          data_dir=data_dir, progress=progress)
         study = open_study(config, worker=worker, create=worker == 0)

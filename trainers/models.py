@@ -55,6 +55,13 @@ def builders() -> dict[str, Builder]:
     return {"mlp": build_mlp, **cnn_builders}
 
 
+def check_model_name(name: str) -> None:
+    """Raise ValueError, listing the known models, unless ``name`` is one."""
+    known = builders()
+    if name not in known:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(known))}.")
+
+
 def build_model(
     name: str,
     input_shape: tuple[int, int, int],
@@ -75,11 +82,9 @@ def build_model(
     Raises:
         ValueError: unknown model name or option; the message lists the valid ones.
     """
-    known = builders()
-    if name not in known:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(known))}.")
+    check_model_name(name)
     try:
-        return known[name](input_shape, n_classes, recipe, **options)
+        return builders()[name](input_shape, n_classes, recipe, **options)
     except TypeError as exc:
         if "unexpected keyword argument" in str(exc):
             raise ValueError(f"model {name!r}: {exc}") from None

@@ -236,3 +236,15 @@ def test_run_postgres_url_without_its_driver_says_which_to_install(tmp_path):
     else:  # the driver is there: then the refused connection is the message
         assert_usage_error(result, "cannot open the database")
     assert "s3cret" not in result.stderr + result.stdout
+
+
+def test_run_unknown_model_lists_known_before_any_store_is_opened(tmp_path):
+    result = cli("search.run", "--study", "digits", "--set", "model.name=vgg", cwd=tmp_path)
+    assert_usage_error(result, "unknown model 'vgg'", "known models:", "seed_cnn")
+    # checked before the stores: a stored study made with another model cannot hide it
+    assert not (tmp_path / "mlruns" / "optuna.db").exists()
+
+
+def test_run_unknown_model_option_names_model_and_option(tmp_path):
+    result = cli("search.run", "--study", "digits", "--set", "model.depth=3", cwd=tmp_path)
+    assert_usage_error(result, "model 'mlp'", "depth")
