@@ -109,8 +109,7 @@ def _keras_tuner(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     from search.driver import _set_precision, model_builder
     from search.worker import make_recipe
     from spaces import to_keras_tuner, values_from_keras_tuner
-    from trainers.fit import CROSS_ENTROPY, compile_model, cross_validate
-    from trainers.imagefolder import class_weights
+    from trainers.fit import CROSS_ENTROPY, compile_model, cross_validate, resolve_class_weight
     from trainers.kfold import stratified_folds
 
     config = build_config(args.study, max_epochs=args.epochs, n_folds=args.folds, seed=seed,
@@ -120,9 +119,10 @@ def _keras_tuner(args: argparse.Namespace, seed: int) -> dict[str, Any]:
                      data_dir=args.data_dir, progress=False)
     build = model_builder(config, data)
     folds = stratified_folds(data.train.y, config.n_folds, config.seed)
-    weights = class_weights(data.train.y, data.train.n_classes) if data.class_weights else None
+    weights = "balanced" if data.class_weights else None
     space = config.spec.space
     train, val = data.train.subset(folds[0].train), data.train.subset(folds[0].val)
+    train_weights = resolve_class_weight(weights, train)  # from fold 0's training part, as (a)
     spent = {"fit_seconds": 0.0, "epochs": 0, "fits": 0}
 
     class CountEpochs(keras.callbacks.Callback):
@@ -146,7 +146,8 @@ def _keras_tuner(args: argparse.Namespace, seed: int) -> dict[str, Any]:
             kwargs.setdefault("batch_size", recipe.batch_size)
             start = time.perf_counter()
             try:
-                return model.fit(*fit_args, callbacks=callbacks, class_weight=weights, **kwargs)
+                return model.fit(*fit_args, callbacks=callbacks, class_weight=train_weights,
+                                 **kwargs)
             finally:
                 spent["fit_seconds"] += time.perf_counter() - start
                 spent["fits"] += 1

@@ -45,7 +45,7 @@ def baseline_recipes(config: Any, set_name: str) -> dict[str, Any]:
 
 def run_baselines(study: Any, config: Any, recipes: dict[str, Any], *, data: Any, folds: Any,
                   models: Any, tracker: "Tracker", parent_run_id: str, console: Any = None,
-                  class_weight: dict[int, float] | None = None,
+                  class_weight: dict[int, float] | str | None = None,
                   progress: "StudyProgress | None" = None) -> dict[str, dict[str, Any]]:
     """Cross-validate each baseline once per study (a resumed study skips those already done).
 

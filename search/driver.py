@@ -47,7 +47,7 @@ class _Session:
     parent: str
     models: Any  # trainers.reuse.Models: what every trial trains
     folds: list
-    weights: dict[int, float] | None
+    weights: str | None  # "balanced": computed from the labels each model trains on
 
 
 def _open_session(config: StudyConfig, *, data_dir: str | None, progress: bool,
@@ -74,11 +74,10 @@ def _open_session(config: StudyConfig, *, data_dir: str | None, progress: bool,
         build(make_recipe(config, config.spec.space.defaults()))  # bad model options fail here
         models = make_models(config, build)
 
-    from trainers.imagefolder import class_weights
     from trainers.kfold import stratified_folds
 
     folds = stratified_folds(data.train.y, config.n_folds, config.seed)
-    weights = class_weights(data.train.y, data.train.n_classes) if data.class_weights else None
+    weights = "balanced" if data.class_weights else None
     return _Session(data, study, tracker, parent, models, folds, weights)
 
 

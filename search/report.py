@@ -29,7 +29,7 @@ def final_epochs(best_epochs: list[int]) -> int:
 
 def heldout_report(study: Any, candidates: dict[str, dict[str, Any]], *, train: Any, heldout: Any,
                    models: Any, seed: int, tracker: Tracker, parent_run_id: str, console: Any = None,
-                   class_weight: dict[int, float] | None = None,
+                   class_weight: dict[int, float] | str | None = None,
                    progress: "StudyProgress | None" = None) -> list[dict[str, Any]]:
     """Retrain every candidate on all of ``train`` and evaluate it once on ``heldout``.
 

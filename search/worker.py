@@ -17,7 +17,14 @@ from search.study import INTERRUPTED_ATTR, count_trials
 from search.tracking import Tracker
 from spaces import sample_params
 from trainers.data import Dataset
-from trainers.fit import CVResult, EpochMetrics, FoldResult, TrainingFailed, cross_validate
+from trainers.fit import (
+    ClassWeight,
+    CVResult,
+    EpochMetrics,
+    FoldResult,
+    TrainingFailed,
+    cross_validate,
+)
 from trainers.kfold import Fold
 from trainers.recipe import Recipe
 
@@ -46,7 +53,7 @@ class Objective:
     tracker: Tracker
     parent_run_id: str
     progress: StudyProgress | None = None
-    class_weight: dict[int, float] | None = None
+    class_weight: ClassWeight = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         entered = time.perf_counter()

@@ -59,3 +59,28 @@ def load_digits() -> Dataset:
     x = bunch.images.astype(np.float32)[..., None]
     y = bunch.target.astype(np.int64)
     return Dataset(x=x, y=y, class_names=tuple(str(i) for i in range(10)), pixel_max=16.0)
+
+
+def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
+    """Return "balanced" Keras ``class_weight``: ``len(y) / (n_classes * count)`` per class.
+
+    Use it when classes have very different sizes, so each class weighs the same in the loss.
+
+    Raises:
+        ValueError: a label is outside ``[0, n_classes)``, or a class has no sample.
+    """
+    y = np.asarray(y)
+    if n_classes < 1:
+        raise ValueError(f"class_weights: n_classes={n_classes!r} must be >= 1.")
+    if y.size and (y.min() < 0 or y.max() >= n_classes):
+        raise ValueError(
+            f"class_weights: labels must be in [0, {n_classes}); got min {y.min()}, max {y.max()}."
+        )
+    counts = np.bincount(y.astype(np.int64), minlength=n_classes)
+    missing = np.flatnonzero(counts == 0).tolist()
+    if missing:
+        raise ValueError(
+            f"class_weights: classes {missing} have no sample in y (n={y.size}), so their "
+            "balanced weight is undefined."
+        )
+    return {c: float(y.size / (n_classes * counts[c])) for c in range(n_classes)}

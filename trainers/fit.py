@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import keras
 import numpy as np
 
-from trainers.data import Dataset
+from trainers.data import Dataset, class_weights
 from trainers.kfold import Fold
 from trainers.recipe import Recipe
 from trainers.regularization import early_stopping
@@ -19,8 +19,8 @@ from trainers.reuse import CROSS_ENTROPY, Models, SeedAtTrainBegin, as_models, c
 
 __all__ = [
     "CHANCE_TOLERANCE", "CROSS_ENTROPY", "CVResult", "Diverged", "EpochMetrics", "FinalResult",
-    "FoldResult", "Models", "OnBatch", "OnEpoch", "StuckAtChance", "TrainingFailed",
-    "compile_model", "cross_validate", "train_final",
+    "ClassWeight", "FoldResult", "Models", "OnBatch", "OnEpoch", "StuckAtChance", "TrainingFailed",
+    "compile_model", "cross_validate", "resolve_class_weight", "train_final",
 ]
 
 # A fold whose validation loss stays within this fraction of ln(n_classes) at every epoch never
@@ -115,6 +115,8 @@ class StuckAtChance(TrainingFailed):
 
 
 OnEpoch = Callable[[EpochMetrics], bool | None]
+# Keras class_weight, or "balanced": computed from the labels of the data being trained on
+ClassWeight = dict[int, float] | str | None
 # (fold, epoch, fraction of the epoch's training batches started); for progress displays only
 OnBatch = Callable[[int, int, float], None]
 
@@ -129,7 +131,7 @@ def cross_validate(
     on_epoch: OnEpoch | None = None,
     on_fold: Callable[[FoldResult], None] | None = None,
     on_batch: OnBatch | None = None,
-    class_weight: dict[int, float] | None = None,
+    class_weight: ClassWeight = None,
     fail_at_chance: bool = True,
 ) -> CVResult:
     """Train ``recipe`` once per fold and return each fold's best epoch.
@@ -151,7 +153,8 @@ def cross_validate(
         on_batch: called before every training batch with ``(fold, epoch, fraction of the
             epoch done)``, for progress displays: it sees no logs, so it never waits for the
             device.
-        class_weight: optional per-class loss weights.
+        class_weight: optional per-class loss weights; ``"balanced"`` computes them for each
+            fold from its training part only, so no validation label leaks into them.
         fail_at_chance: raise `StuckAtChance` for a fold that never left chance level.
 
     Returns:
@@ -176,7 +179,7 @@ def cross_validate(
             validation_data=(val.x, val.y),
             batch_size=recipe.batch_size,
             epochs=recipe.max_epochs,
-            class_weight=class_weight,
+            class_weight=resolve_class_weight(class_weight, train),
             callbacks=[SeedAtTrainBegin(seed + fold.index), reporter, stopper, first_step,
                        *_batch_hooks(fold.index, on_batch)],
             verbose=0,
@@ -208,6 +211,15 @@ def cross_validate(
                 f"level ln({data.n_classes}) = {chance:.4f}"
             )
     return CVResult(tuple(results))
+
+
+def resolve_class_weight(class_weight: ClassWeight, train: Dataset) -> dict[int, float] | None:
+    """Keras ``class_weight`` for training on ``train``: ``"balanced"`` is computed from its labels."""
+    if class_weight == "balanced":
+        return class_weights(train.y, train.n_classes)
+    if isinstance(class_weight, str):
+        raise ValueError(f"class_weight={class_weight!r}; expected a dict, 'balanced' or None.")
+    return class_weight
 
 
 def _at_chance(val_losses: Sequence[float], chance: float) -> bool:
@@ -338,7 +350,7 @@ def train_final(
     *,
     epochs: int,
     seed: int = 0,
-    class_weight: dict[int, float] | None = None,
+    class_weight: ClassWeight = None,
     on_batch: OnBatch | None = None,
 ) -> FinalResult:
     """Train ``recipe`` on all of ``train`` for ``epochs`` epochs, then score ``heldout`` once.
@@ -357,7 +369,7 @@ def train_final(
         validation_data=(heldout.x, heldout.y),
         batch_size=recipe.batch_size,
         epochs=epochs,
-        class_weight=class_weight,
+        class_weight=resolve_class_weight(class_weight, train),
         callbacks=[SeedAtTrainBegin(seed), *_batch_hooks(0, on_batch)],
         verbose=0,
     ).history

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from trainers.data import Dataset
+from trainers.data import Dataset, class_weights
 from trainers.fit import (
     CROSS_ENTROPY,
     Diverged,
@@ -147,6 +147,30 @@ def test_every_fold_records_its_time_to_the_first_step(batch_size: int) -> None:
         # a fresh model per fold (Rebuild): each first step includes its compilation
         assert 0 < fold.first_step_seconds < fold.fit_seconds + 1.0
     assert result.later_folds_first_step_seconds == result.folds[1].first_step_seconds
+
+
+def test_balanced_class_weights_come_from_each_folds_training_part_only() -> None:
+    # imbalanced 9/15/27: the training part of each fold is imbalanced differently from the
+    # whole split, so weights computed from the whole split would train differently
+    y = np.repeat([0, 1, 2], [9, 15, 27])
+    data = _blobs(n=len(y))
+    data = Dataset(data.x, y, data.class_names, pixel_max=1.0)
+    folds = stratified_folds(y, 2, seed=0)
+    recipe = Recipe(max_epochs=2, patience=2, learning_rate=1e-2, batch_size=8)
+    balanced = cross_validate(data, folds, recipe, _tiny(), seed=3, class_weight="balanced",
+                              fail_at_chance=False)
+    whole = class_weights(y, 3)
+
+    def weighted_loss(fold, weights) -> list[float]:
+        return cross_validate(data, [fold], recipe, _tiny(), seed=3, class_weight=weights,
+                              fail_at_chance=False).folds[0].history["loss"]
+
+    for fold, result in zip(folds, balanced.folds):
+        assert result.history["loss"] == pytest.approx(
+            weighted_loss(fold, class_weights(y[fold.train], 3)), rel=1e-6)
+        assert result.history["loss"] != pytest.approx(weighted_loss(fold, whole), rel=1e-6)
+    with pytest.raises(ValueError, match="'balanced' or None"):
+        cross_validate(data, folds, recipe, _tiny(), class_weight="auto")
 
 
 def test_cross_validate_losses_exclude_the_l2_penalty() -> None:

@@ -11,7 +11,8 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from tests.trainers.conftest import CLASS_COLORS, mean_colors, write_solid
 from trainers import _imagecache
-from trainers.imagefolder import class_weights, load_image_folder
+from trainers.data import class_weights
+from trainers.imagefolder import load_image_folder
 
 
 def _load(root: Path, cache: Path, **kwargs):
