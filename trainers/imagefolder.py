@@ -57,7 +57,7 @@ def load_image_folder(
 
     Raises:
         FileNotFoundError: ``root`` or ``heldout_dir`` does not exist.
-        ValueError: no class folders, a class without images, a held-out class unknown to
+        ValueError: ``root`` or ``heldout_dir`` is a file, no class folders, a class without images, a held-out class unknown to
             ``root``, an out-of-range argument, or an image that cannot be decoded (the message
             names the file).
     """
@@ -131,16 +131,15 @@ def _check_image_size(image_size: tuple[int, int]) -> tuple[int, int]:
 
 
 def _class_folders(root: Path) -> list[str]:
+    expected = ("expected a folder with one sub-folder of images per class, e.g. "
+                f"{root / 'cat' / '0001.jpg'}")
     if not root.exists():
-        raise FileNotFoundError(f"Image folder {root} does not exist.")
+        raise FileNotFoundError(f"Image folder {root} does not exist; {expected}.")
     if not root.is_dir():
-        raise NotADirectoryError(f"Image folder {root} is not a directory.")
+        raise ValueError(f"Image folder {root} is a file; {expected}.")
     names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     if not names:
-        raise ValueError(
-            f"Image folder {root} has no class folders; expected one sub-folder per class, "
-            f"e.g. {root / 'cat' / '0001.jpg'}."
-        )
+        raise ValueError(f"Image folder {root} has no class folders; {expected}.")
     return names
 
 

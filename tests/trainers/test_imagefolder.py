@@ -194,3 +194,10 @@ def test_class_weights_errors():
         class_weights(np.array([0, 2, 2]), 3)
     with pytest.raises(ValueError, match=r"labels must be in \[0, 2\)"):
         class_weights(np.array([0, 2]), 2)
+
+
+def test_a_file_given_as_the_folder_is_a_one_line_value_error(tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "images.zip"
+    not_a_folder.write_bytes(b"PK")
+    with pytest.raises(ValueError, match="is a file; expected a folder with one sub-folder"):
+        load_image_folder(not_a_folder, image_size=(8, 8), cache_dir=tmp_path / "cache")
