@@ -57,9 +57,9 @@ def load_image_folder(
 
     Raises:
         FileNotFoundError: ``root`` or ``heldout_dir`` does not exist.
-        ValueError: ``root`` or ``heldout_dir`` is a file, no class folders, a class without images, a held-out class unknown to
-            ``root``, an out-of-range argument, or an image that cannot be decoded (the message
-            names the file).
+        ValueError: ``root`` or ``heldout_dir`` is a file, no class folders, a class without
+            images, a held-out class unknown to ``root``, an out-of-range argument, or an image
+            that cannot be decoded (the message names the file).
     """
     size = _check_image_size(image_size)
     if not 0.0 <= heldout_fraction < 1.0:
