@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 import math
 import socket
-import time
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

@@ -16,13 +16,13 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 
 # Where no bar redraws (a log file, a cluster job's output, a worker's log), a line about the
 # running trial is printed at most this often, so a long epoch on a slow machine still shows life.
 LOG_EVERY_SECONDS = 60.0
 # The running trial's bar moves within an epoch, redrawn at most this often.
 BATCH_UPDATE_SECONDS = 0.25
-from rich.table import Table
 
 
 class StudyProgress:

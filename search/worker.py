@@ -28,6 +28,7 @@ from trainers.fit import (
 from trainers.kfold import Fold
 from trainers.recipe import Recipe
 
+
 def make_recipe(config: StudyConfig, values: dict[str, Any]) -> Recipe:
     """Combine a study's fixed training settings with one trial's searched values."""
     fixed = dict(config.spec.training)

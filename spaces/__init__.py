@@ -1,7 +1,15 @@
 """Declarative search spaces: one YAML file per study, checked into typed objects."""
 
 from spaces.checks import check_choice, check_float, check_int, check_keys
-from spaces.load import PRUNERS, SAMPLERS, SearchSettings, StudySpec, builtin_studies, load_study, resolve_study
+from spaces.load import (
+    PRUNERS,
+    SAMPLERS,
+    SearchSettings,
+    StudySpec,
+    builtin_studies,
+    load_study,
+    resolve_study,
+)
 from spaces.space import FloatParam, IntParam, Space
 from spaces.suggest import (
     default_params,

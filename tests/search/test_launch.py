@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from search.launch import WorkerPlan, plan_workers
+from search.launch import plan_workers
 from search.run import _worker_argv
 
 
