@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -50,7 +51,8 @@ def check_tracking_server(uri: str, timeout: float = 10.0) -> None:
 
     MLflow's client retries an unreachable server with back-off for minutes before it gives
     up; one request with a timeout says at once what is wrong. Any HTTP answer (even 401 or
-    404) counts: the server is there, and MLflow's own calls report what else is wrong.
+    404) counts, and so does a TLS handshake this probe does not trust: the server is there,
+    and MLflow's own calls report what else is wrong.
     """
     parts = urllib.parse.urlsplit(uri)
     # any answer will do, so no credentials: cut them from the address (urllib would not parse them)
@@ -62,6 +64,9 @@ def check_tracking_server(uri: str, timeout: float = 10.0) -> None:
         return
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
+        if isinstance(reason, ssl.SSLError):
+            return  # a TLS server is there; MLflow's own settings (MLFLOW_TRACKING_INSECURE_TLS,
+            # MLFLOW_TRACKING_SERVER_CERT_PATH) decide whether it trusts it
         raise ValueError(
             f"--tracking-uri {redact_url(uri)}: no MLflow server answers there ({reason}); start "
             f"one (mlflow server ...) or leave --tracking-uri out for the local store "
