@@ -40,6 +40,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
+ARMS = ("a", "b", "c")
+
+
 def _regsearch(args: argparse.Namespace, label: str, seed: int, extra: tuple[str, ...] = (),
                **choice: Any) -> dict[str, Any]:
     """Run one regsearch study into a temporary store; return its figures and trials."""
@@ -167,7 +170,9 @@ def _keras_tuner(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         values = values_from_keras_tuner(space, best.hyperparameters)
     recipe = make_recipe(config, values)
     start = time.perf_counter()
-    cv = cross_validate(data.train, folds, recipe, build, seed=config.seed, class_weight=weights)
+    # a recipe stuck at chance is a bad score here, not a failure: it is (c)'s answer
+    cv = cross_validate(data.train, folds, recipe, build, seed=config.seed, class_weight=weights,
+                        fail_at_chance=False)
     rescore = time.perf_counter() - start
     return {
         "label": "(c) KerasTuner Hyperband (fold 0 only)", "seed": seed,
@@ -209,6 +214,10 @@ def main() -> None:
     p.add_argument("--no-defaults", action="store_true",
                    help="do not enqueue the study file's default recipe as trial 0 of (a) and "
                         "(b): every trial is the sampler's own")
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS),
+                   help="run only these searches (a: regsearch, b: random, c: KerasTuner); "
+                        "the results of separate runs are compared with --merge (on a GPU, one "
+                        "arm of the real study fills a 10-minute command)")
     p.add_argument("--name", help="result file name (default: efficiency-<study>)")
     p.add_argument("--render", metavar="RESULT.json",
                    help="only rewrite the Markdown of a saved result")
@@ -227,44 +236,77 @@ def main() -> None:
     from benchmarks._common import machine, write_result
 
     started = time.perf_counter()
-    runs: list[dict[str, Any]] = []
+    arms: dict[str, dict[str, Any]] = {}  # per seed: "b", "c", and "a" by variant label
     for seed in args.seeds:
-        b = _regsearch(args, "(b) random, no pruning", seed, sampler="random", pruner="none")
-        print({k: v for k, v in b.items() if k != "timeline"}, flush=True)
-        c = _keras_tuner(args, seed)
-        print(c, flush=True)
-        b_own = _seconds_to_reach(b["timeline"], b["best_cv_val_loss"])
-        fifth = b["fit_seconds"] / 5
-        for label, extra in variants:
-            name = "(a) regsearch: TPE + default pruner" + ("" if label == "a" else f" [{label}]")
-            a = _regsearch(args, name, seed, extra, sampler="tpe")
-            print({k: v for k, v in a.items() if k != "timeline"}, flush=True)
-            reach = _seconds_to_reach(a["timeline"], b["best_cv_val_loss"])
-            runs.append({
-                "seed": seed, "variant": label, "regsearch": a, "random": b, "keras_tuner": c,
-                "a_seconds_to_reach_b_best": reach, "b_seconds_to_reach_b_best": b_own,
-                "reach_fraction_of_b": None if reach is None else reach / b["fit_seconds"],
-                "target_a_reaches_b_within_fifth": reach is not None and reach <= fifth,
-                "target_a_below_c": a["best_cv_val_loss"] < c["best_cv_val_loss"],
-            })
+        arm = arms.setdefault(str(seed), {})
+        if "b" in args.arms:
+            arm["b"] = _regsearch(args, "(b) random, no pruning", seed, sampler="random",
+                                  pruner="none")
+            print({k: v for k, v in arm["b"].items() if k != "timeline"}, flush=True)
+        if "c" in args.arms:
+            arm["c"] = _keras_tuner(args, seed)
+            print(arm["c"], flush=True)
+        if "a" in args.arms:
+            arm["a"] = {}
+            for label, extra in variants:
+                name = "(a) regsearch: TPE + default pruner" + ("" if label == "a" else f" [{label}]")
+                arm["a"][label] = _regsearch(args, name, seed, extra, sampler="tpe")
+                print({k: v for k, v in arm["a"][label].items() if k != "timeline"}, flush=True)
     total = time.perf_counter() - started
     sets = "".join(f" --set {s}" for s in args.set)
     variant_args = "".join(f" --variant '{v}'" for v in args.variant)
     cmd = (f"python -m benchmarks.efficiency --study {args.study} --trials {args.trials} "
            f"--epochs {args.epochs} --folds {args.folds} --seeds "
            f"{' '.join(map(str, args.seeds))}{sets}{variant_args}"
-           + (" --no-defaults" if args.no_defaults else ""))
+           + (" --no-defaults" if args.no_defaults else "")
+           + (f" --arms {' '.join(args.arms)}" if set(args.arms) != set(ARMS) else ""))
     result = {
         "command": cmd, "study": args.study, "trials": args.trials, "folds": args.folds,
         "max_epochs": args.epochs, "seeds": args.seeds, "overrides": args.set,
         "variants": {label: list(extra) for label, extra in variants},
-        "enqueue_defaults": not args.no_defaults, "runs": runs,
+        "enqueue_defaults": not args.no_defaults, "arms": arms, "runs": compare(arms),
         "total_wall_seconds": total, "machine": machine(),
     }
-    md = render(result)
+    name = args.name or (f"efficiency-{args.study}" + ("-nodefaults" if args.no_defaults else "")
+                         + ("" if set(args.arms) == set(ARMS) else "-" + "".join(args.arms)))
+    md = render(result) if result["runs"] else _partial(result)
     print(md)
-    name = args.name or (f"efficiency-{args.study}" + ("-nodefaults" if args.no_defaults else ""))
     print(f"written: {write_result(name, result, md)}")
+
+
+def compare(arms: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One run per seed and (a) variant whose three arms are all there: the targets' figures."""
+    runs = []
+    for seed, arm in sorted(arms.items(), key=lambda kv: int(kv[0])):
+        if not {"a", "b", "c"} <= set(arm):
+            continue
+        b, c = arm["b"], arm["c"]
+        b_own = _seconds_to_reach(b["timeline"], b["best_cv_val_loss"])
+        fifth = b["fit_seconds"] / 5
+        for label, a in arm["a"].items():
+            reach = _seconds_to_reach(a["timeline"], b["best_cv_val_loss"])
+            runs.append({
+                "seed": int(seed), "variant": label, "regsearch": a, "random": b, "keras_tuner": c,
+                "a_seconds_to_reach_b_best": reach, "b_seconds_to_reach_b_best": b_own,
+                "reach_fraction_of_b": None if reach is None else reach / b["fit_seconds"],
+                "target_a_reaches_b_within_fifth": reach is not None and reach <= fifth,
+                "target_a_below_c": a["best_cv_val_loss"] < c["best_cv_val_loss"],
+            })
+    return runs
+
+
+def _partial(result: dict[str, Any]) -> str:
+    """The Markdown of a result that lacks an arm: what each arm ran, no verdict yet."""
+    lines = [f"# Search efficiency (partial): `{result['study']}`", "", f"`{result['command']}`",
+             "", "Arms still missing for a comparison; merge this file with the others "
+             "(`--merge`).", "", "| seed | arm | best CV loss | fit seconds | epochs |",
+             "| --- | --- | --- | --- | --- |"]
+    for seed, arm in sorted(result["arms"].items(), key=lambda kv: int(kv[0])):
+        found = [(k, arm[k]) for k in ("b", "c") if k in arm]
+        found += [(f"a [{label}]", a) for label, a in arm.get("a", {}).items()]
+        lines += [f"| {seed} | {name} | {r['best_cv_val_loss']:.4f} | {r['fit_seconds']:.1f} | "
+                  f"{r['epochs_trained']} |" for name, r in found]
+    return "\n".join(lines) + "\n"
 
 
 def _startup_trials(a: dict[str, Any]) -> int:
@@ -378,12 +420,23 @@ def merge(paths: list[str], name: str) -> None:
         differ = [k for k in keys if part[k] != parts[0][k]]
         if differ:
             raise SystemExit(f"cannot merge: {', '.join(differ)} differ")
+    arms: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for seed, arm in part.get("arms", {}).items():
+            into = arms.setdefault(seed, {})
+            for key, value in arm.items():
+                if key == "a":
+                    into.setdefault("a", {}).update(value)
+                else:
+                    into[key] = value
+    # results written before arms were kept have only their runs
+    legacy = [r for p in parts if "arms" not in p for r in p["runs"]]
     result = {**parts[0], "command": " ; ".join(p["command"] for p in parts),
               "seeds": sorted({s for p in parts for s in p["seeds"]}),
               "variants": {k: v for p in parts for k, v in p["variants"].items()},
-              "runs": [r for p in parts for r in p["runs"]],
+              "arms": arms, "runs": legacy + compare(arms),
               "total_wall_seconds": sum(p["total_wall_seconds"] for p in parts)}
-    md = render(result)
+    md = render(result) if result["runs"] else _partial(result)
     print(md)
     print(f"written: {write_result(name, result, md)}")
 
