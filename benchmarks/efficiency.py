@@ -249,7 +249,8 @@ def main() -> None:
         if "a" in args.arms:
             arm["a"] = {}
             for label, extra in variants:
-                name = "(a) regsearch: TPE + default pruner" + ("" if label == "a" else f" [{label}]")
+                name = ("(a) regsearch: TPE + default pruner"
+                        + ("" if label == "a" else f" [{label}]"))
                 arm["a"][label] = _regsearch(args, name, seed, extra, sampler="tpe")
                 print({k: v for k, v in arm["a"][label].items() if k != "timeline"}, flush=True)
     total = time.perf_counter() - started

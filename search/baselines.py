@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from search.progress import StudyProgress
     from search.tracking import Tracker
+    from trainers.fit import ClassWeight
 
 BASELINES_ATTR = "regsearch.baselines"
 # The hand-picked recipes of the reference report (DESIGN.md). Each starts from "no
@@ -45,7 +46,7 @@ def baseline_recipes(config: Any, set_name: str) -> dict[str, Any]:
 
 def run_baselines(study: Any, config: Any, recipes: dict[str, Any], *, data: Any, folds: Any,
                   models: Any, tracker: "Tracker", parent_run_id: str, console: Any = None,
-                  class_weight: dict[int, float] | str | None = None,
+                  class_weight: "ClassWeight" = None,
                   progress: "StudyProgress | None" = None) -> dict[str, dict[str, Any]]:
     """Cross-validate each baseline once per study (a resumed study skips those already done).
 
@@ -57,6 +58,7 @@ def run_baselines(study: Any, config: Any, recipes: dict[str, Any], *, data: Any
         ``{name: outcome}``; an outcome has the recipe, ``cv_val_loss`` and friends, or
         ``fail_reason``.
     """
+    from search.progress import job
     from search.worker import fold_curves, interrupted_reason, summarize
     from trainers.fit import TrainingFailed, cross_validate
 
@@ -68,29 +70,23 @@ def run_baselines(study: Any, config: Any, recipes: dict[str, Any], *, data: Any
                                      tags={"baseline": name, "regsearch.role": "baseline"},
                                      run_name=f"baseline-{name}")
         outcome: dict[str, Any] = {"recipe": recipe.to_dict(), "mlflow_run_id": run_id}
-        watch: dict[str, Any] = {}
-        if progress is not None:
-            progress.job_started(f"baseline {name}")
-            watch = {"on_epoch": progress.show, "on_batch": progress.batch}
-        try:
-            result = cross_validate(
-                data, folds, recipe, models, seed=config.seed, class_weight=class_weight,
-                on_fold=lambda f: tracker.log_fold(run_id, f.fold, fold_curves(f)), **watch,
-            )
-        except TrainingFailed as exc:
-            outcome["fail_reason"] = str(exc)
-            tracker.finish_trial(run_id, "FAIL", reason=str(exc))
-        except KeyboardInterrupt as exc:
-            tracker.finish_trial(run_id, "INTERRUPTED", reason=interrupted_reason(exc))
-            raise
-        else:
-            summary = summarize(result)
-            outcome.update(summary, best_epochs=[f.best_epoch for f in result.folds])
-            tracker.log_metrics(run_id, summary)
-            tracker.finish_trial(run_id, "COMPLETE")
-        finally:
-            if progress is not None:
-                progress.job_finished()
+        with job(progress, f"baseline {name}") as hooks:
+            try:
+                result = cross_validate(
+                    data, folds, recipe, models, seed=config.seed, class_weight=class_weight,
+                    on_fold=lambda f: tracker.log_fold(run_id, f.fold, fold_curves(f)), **hooks,
+                )
+            except TrainingFailed as exc:
+                outcome["fail_reason"] = str(exc)
+                tracker.finish_trial(run_id, "FAIL", reason=str(exc))
+            except KeyboardInterrupt as exc:
+                tracker.finish_trial(run_id, "INTERRUPTED", reason=interrupted_reason(exc))
+                raise
+            else:
+                summary = summarize(result)
+                outcome.update(summary, best_epochs=[f.best_epoch for f in result.folds])
+                tracker.log_metrics(run_id, summary)
+                tracker.finish_trial(run_id, "COMPLETE")
         done[name] = outcome
         study.set_user_attr(BASELINES_ATTR, done)
         if console is not None:

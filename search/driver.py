@@ -47,7 +47,7 @@ class _Session:
     parent: str
     models: Any  # trainers.reuse.Models: what every trial trains
     folds: list
-    weights: str | None  # "balanced": computed from the labels each model trains on
+    class_weight: str | None  # "balanced": from the labels each model trains on
 
 
 def _open_session(config: StudyConfig, *, data_dir: str | None, progress: bool,
@@ -77,8 +77,8 @@ def _open_session(config: StudyConfig, *, data_dir: str | None, progress: bool,
     from trainers.kfold import stratified_folds
 
     folds = stratified_folds(data.train.y, config.n_folds, config.seed)
-    weights = "balanced" if data.class_weights else None
-    return _Session(data, study, tracker, parent, models, folds, weights)
+    class_weight = "balanced" if data.class_weights else None
+    return _Session(data, study, tracker, parent, models, folds, class_weight)
 
 
 def _set_precision(precision: str) -> None:
@@ -170,7 +170,7 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
                     study, config, baseline_recipes(config, config.baselines),
                     data=session.data.train, folds=session.folds, models=session.models,
                     tracker=tracker, parent_run_id=parent, console=console,
-                    class_weight=session.weights, progress=bars,
+                    class_weight=session.class_weight, progress=bars,
                 )
             except KeyboardInterrupt:
                 interrupted = True
@@ -180,7 +180,7 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
             interrupted = _run_workers(study, tracker, plan, worker_argv or [], bars, console)
         else:
             objective = Objective(config, session.data.train, session.folds, session.models,
-                                  tracker, parent, progress=bars, class_weight=session.weights)
+                                  tracker, parent, progress=bars, class_weight=session.class_weight)
             try:
                 run_trials(study, objective, n_trials=config.n_trials, timeout=config.timeout)
             except KeyboardInterrupt:
@@ -190,7 +190,7 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
         if not interrupted and config.report and session.data.heldout is not None:
             try:
                 _report(study, config, session.data, session.models, tracker, parent, baselines,
-                        console, session.weights, bars)
+                        console, session.class_weight, bars)
             except KeyboardInterrupt:
                 interrupted = True
     finish_parent(study, config, tracker, parent, interrupted=interrupted)
@@ -214,7 +214,7 @@ def run_worker(config: StudyConfig, *, worker_index: int, data_dir: str | None =
                              n_folds=config.n_folds, max_epochs=config.max_epochs, bars=False)
     objective = Objective(config, session.data.train, session.folds, session.models,
                           session.tracker, session.parent, progress=reporter,
-                          class_weight=session.weights)
+                          class_weight=session.class_weight)
     try:
         run_trials(session.study, objective, n_trials=config.n_trials, timeout=config.timeout)
     except KeyboardInterrupt:
@@ -262,8 +262,8 @@ def _worker_label(trial: optuna.trial.FrozenTrial) -> str:
     return f"pid {pid}" if host == socket.gethostname() else worker
 
 
-def _report(study, config, data, models, tracker, parent, baselines, console, weights,  # noqa: ANN001
-            progress) -> None:
+def _report(study, config, data, models, tracker, parent, baselines,  # noqa: ANN001
+            console, class_weight, progress) -> None:
     """Retrain the selected trial and the baselines; print and log the held-out table."""
     from search.report import heldout_report, report_table
 
@@ -278,7 +278,7 @@ def _report(study, config, data, models, tracker, parent, baselines, console, we
                        if "cv_val_loss" in outcome})
     report = heldout_report(study, candidates, train=data.train, heldout=data.heldout,
                             models=models, seed=config.seed, tracker=tracker, parent_run_id=parent,
-                            console=console, class_weight=weights, progress=progress)
+                            console=console, class_weight=class_weight, progress=progress)
     console.print(report_table(report, f"held-out report of {config.name} "
                                        f"({len(data.heldout)} held-out images)"))
 

@@ -59,13 +59,11 @@ def export(study: str, *, output: str | None = None, fmt: str | None = None,
     if local is not None and not local.exists():
         raise LookupError(f"no study storage at {storage}; run `python -m search.run --study "
                           f"{name}` first, or pass --storage.")
+    opened = open_storage(storage)  # a URL that cannot be opened: ValueError, one line
     try:
-        loaded = optuna.load_study(study_name=name, storage=open_storage(storage))
-    except ImportError as exc:
-        raise LookupError(f"cannot open {redact_url(storage)}: {exc} (install the database "
-                          f"driver, e.g. pip install 'regsearch[postgres]').") from None
+        loaded = optuna.load_study(study_name=name, storage=opened)
     except KeyError:
-        known = optuna.get_all_study_names(storage=open_storage(storage))
+        known = optuna.get_all_study_names(storage=opened)
         raise LookupError(f"no study {name!r} in {redact_url(storage)}; stored studies: "
                           f"{', '.join(known) or 'none'}.") from None
     if trial_number is None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from typing import Any
+from typing import Any, ContextManager, Iterator
 
 from rich import box
 from rich.console import Console
@@ -101,6 +102,19 @@ class StudyProgress:
         self._label = None
         self._progress.update(self._trial, visible=False)
 
+    @contextlib.contextmanager
+    def job(self, label: str, *, n_folds: int | None = None,
+            max_epochs: int | None = None) -> Iterator[dict[str, Any]]:
+        """`job_started` for the block, `job_finished` after it, however it ends.
+
+        Yields the trainer's hooks that feed this display: ``on_epoch`` and ``on_batch``.
+        """
+        self.job_started(label, n_folds=n_folds, max_epochs=max_epochs)
+        try:
+            yield {"on_epoch": self.show, "on_batch": self.batch}
+        finally:
+            self.job_finished()
+
     def epoch(self, fold: int, epoch: int, step: int, val_loss: float) -> None:
         """Epoch ``epoch`` of ``fold`` ended (``step`` counts epochs across folds)."""
         self._where = f"{self._fold(fold)}epoch {epoch + 1} · val_loss {val_loss:.4f}"
@@ -181,6 +195,11 @@ class StudyProgress:
         shown = "" if value is None else f" cv val_loss {value:.4f}"
         self._progress.console.print(f"trial {number}: {state.lower()}{shown}{detail}",
                                      highlight=False)
+
+
+def job(progress: StudyProgress | None, label: str, **sizes: int) -> ContextManager[dict[str, Any]]:
+    """`StudyProgress.job`, or nothing shown and no hooks when ``progress`` is None."""
+    return progress.job(label, **sizes) if progress is not None else contextlib.nullcontext({})
 
 
 def _duration(seconds: float) -> str:

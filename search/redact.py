@@ -14,3 +14,13 @@ def redact_url(url: str) -> str:
     'postgresql://optuna:***@db:5432/studies'
     """
     return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+
+
+def hide_password(text: str, url: str) -> str:
+    """``text`` (say a database driver's message about ``url``) with the URL's password as ``***``.
+
+    >>> hide_password('password "s3cret" rejected', "postgresql://u:s3cret@db/x")
+    'password "***" rejected'
+    """
+    match = _USERINFO.match(url)
+    return text.replace(match["password"], "***") if match and match["password"] else text

@@ -7,17 +7,15 @@ import math
 import re
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich import box
 from rich.table import Table
 
+from search.progress import StudyProgress, job
 from search.tracking import Tracker
-from trainers.fit import FinalResult, train_final
+from trainers.fit import ClassWeight, FinalResult, train_final
 from trainers.recipe import Recipe
-
-if TYPE_CHECKING:
-    from search.progress import StudyProgress
 
 HELDOUT_ATTR = "regsearch.heldout"
 
@@ -29,8 +27,8 @@ def final_epochs(best_epochs: list[int]) -> int:
 
 def heldout_report(study: Any, candidates: dict[str, dict[str, Any]], *, train: Any, heldout: Any,
                    models: Any, seed: int, tracker: Tracker, parent_run_id: str, console: Any = None,
-                   class_weight: dict[int, float] | str | None = None,
-                   progress: "StudyProgress | None" = None) -> list[dict[str, Any]]:
+                   class_weight: ClassWeight = None,
+                   progress: StudyProgress | None = None) -> list[dict[str, Any]]:
     """Retrain every candidate on all of ``train`` and evaluate it once on ``heldout``.
 
     Args:
@@ -54,15 +52,10 @@ def heldout_report(study: Any, candidates: dict[str, dict[str, Any]], *, train: 
             if console is not None:
                 console.print(f"retraining {label} on all {len(train)} training images for "
                               f"{epochs} epochs, then scoring {len(heldout)} held-out images")
-            if progress is not None:
-                progress.job_started(f"retraining {label}", n_folds=1, max_epochs=epochs)
-            try:
+            with job(progress, f"retraining {label}", n_folds=1, max_epochs=epochs) as hooks:
                 result: FinalResult = train_final(
                     train, heldout, recipe, models, epochs=epochs, seed=seed,
-                    class_weight=class_weight, on_batch=progress.batch if progress else None)
-            finally:
-                if progress is not None:
-                    progress.job_finished()
+                    class_weight=class_weight, on_batch=hooks.get("on_batch"))
             cached[label] = {
                 "key": key, "epochs": epochs, "train_loss": result.train_loss,
                 "heldout_loss": result.heldout_loss, "heldout_accuracy": result.heldout_accuracy,

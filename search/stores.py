@@ -7,7 +7,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from search.redact import redact_url
+from search.redact import hide_password, redact_url
 
 EXAMPLES = {
     "--storage": "sqlite:///mlruns/optuna.db, postgresql+psycopg2://USER:PASSWORD@HOST/DB or a "
@@ -41,7 +41,7 @@ def store_error(option: str, url: str, exc: BaseException) -> ValueError | None:
         return ValueError(f"{shown}: not a store URL that can be opened; expected "
                           f"{EXAMPLES.get(option, 'a database URL')}.")
     if isinstance(exc, OperationalError):
-        reason = _scrub(str(getattr(exc, "orig", None) or exc).strip().splitlines()[0], url)
+        reason = hide_password(str(getattr(exc, "orig", None) or exc).strip().splitlines()[0], url)
         return ValueError(f"{shown}: cannot open the database: {reason}")
     return None
 
@@ -57,7 +57,8 @@ def check_tracking_server(uri: str, timeout: float = 10.0) -> None:
     parts = urllib.parse.urlsplit(uri)
     # any answer will do, so no credentials: cut them from the address (urllib would not parse them)
     netloc = parts.netloc.rpartition("@")[2]
-    probe = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+    path = parts.path.rstrip("/") + "/health"
+    probe = urllib.parse.urlunsplit((parts.scheme, netloc, path, "", ""))
     try:
         urllib.request.urlopen(probe, timeout=timeout).close()
     except urllib.error.HTTPError:
@@ -72,11 +73,3 @@ def check_tracking_server(uri: str, timeout: float = 10.0) -> None:
             f"one (mlflow server ...) or leave --tracking-uri out for the local store "
             f"sqlite:///mlruns/mlflow.db.") from exc
 
-
-def _scrub(text: str, url: str) -> str:
-    """``text`` without the password of ``url``, should a driver have quoted it."""
-    redacted = redact_url(url)
-    if redacted == url:
-        return text
-    password = url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
-    return text.replace(password, "***") if password else text

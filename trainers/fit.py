@@ -214,7 +214,7 @@ def cross_validate(
 
 
 def resolve_class_weight(class_weight: ClassWeight, train: Dataset) -> dict[int, float] | None:
-    """Keras ``class_weight`` for training on ``train``: ``"balanced"`` is computed from its labels."""
+    """Keras ``class_weight`` for training on ``train``; ``"balanced"``: from its labels."""
     if class_weight == "balanced":
         return class_weights(train.y, train.n_classes)
     if isinstance(class_weight, str):
