@@ -48,6 +48,7 @@ class _Session:
     models: Any  # trainers.reuse.Models: what every trial trains
     folds: list
     class_weight: str | None  # "balanced": from the labels each model trains on
+    orphans: list[int]  # trials of killed processes, failed and queued again on opening
 
 
 def _open_session(config: StudyConfig, *, data_dir: str | None, progress: bool,
@@ -63,7 +64,7 @@ def _open_session(config: StudyConfig, *, data_dir: str | None, progress: bool,
                          data_dir=data_dir, progress=progress)
         study = open_study(config, worker=worker, create=worker == 0)
         tracker = Tracker(config.tracking_uri)
-    _fail_stale(study)
+    orphans = _fail_stale(study, tracker)
     parent = _agree_on_parent(study, config, tracker)
     study.set_user_attr(DATA_ATTR, {**data.describe(), "augment_preset": data.augment_preset})
     import keras
@@ -78,7 +79,7 @@ def _open_session(config: StudyConfig, *, data_dir: str | None, progress: bool,
 
     folds = stratified_folds(data.train.y, config.n_folds, config.seed)
     class_weight = "balanced" if data.class_weights else None
-    return _Session(data, study, tracker, parent, models, folds, class_weight)
+    return _Session(data, study, tracker, parent, models, folds, class_weight, orphans)
 
 
 def _set_precision(precision: str) -> None:
@@ -89,12 +90,24 @@ def _set_precision(precision: str) -> None:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
 
 
-def _fail_stale(study: optuna.Study) -> None:
-    """Fail trials whose worker stopped sending heartbeats (their MLflow runs are closed too).
+def _fail_stale(study: optuna.Study, tracker: Tracker) -> list[int]:
+    """Fail trials whose worker is gone; return the numbers of those failed by this host.
 
-    Optuna checks before each trial; this covers a study resumed after every worker died.
+    Optuna's heartbeat check (before each trial, too) fails trials of workers silent for its
+    grace period, on any host; this covers a study resumed after every worker died. A trial
+    whose process on this host no longer runs is failed at once, heartbeat or not, and like
+    the heartbeat path its MLflow run is closed and its recipe queued once more.
     """
+    from search.launch import fail_orphaned_trials
+
     optuna.storages.fail_stale_trials(study)
+
+    def close_run(trial: optuna.trial.FrozenTrial) -> None:
+        if "mlflow_run_id" in trial.user_attrs:
+            tracker.finish_trial(trial.user_attrs["mlflow_run_id"], "FAIL",
+                                 reason=trial.user_attrs["fail_reason"])
+
+    return fail_orphaned_trials(study, on_failed=close_run)
 
 
 def _agree_on_parent(study: optuna.Study, config: StudyConfig, tracker: Tracker) -> str:
@@ -128,8 +141,11 @@ def _header(config: StudyConfig, session: _Session, console: Console, n_workers:
         f"study [bold]{config.name}[/]: {len(data.train)} images, {data.train.n_classes} classes, "
         f"{config.n_folds} folds x {config.max_epochs} epochs, {n_workers} worker(s); storage "
         f"{redact_url(config.storage)}; MLflow {redact_url(config.tracking_uri)}",
-        highlight=False,
+        highlight=False, soft_wrap=True,  # one line in a log too, where the width is 80
     )
+    if session.orphans:
+        console.print(f"trial(s) {session.orphans} of a worker process that was killed on this "
+                      f"host: marked failed and queued again", highlight=False, soft_wrap=True)
 
 
 def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: str | None = None,

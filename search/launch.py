@@ -155,15 +155,72 @@ def supervise(procs: list[subprocess.Popen], *, on_tick: Callable[[], None],
 def fail_trials_of(study: Any, worker: str, reason: str,
                    on_failed: Callable[[Any], None] | None = None) -> list[int]:
     """Mark the RUNNING trials of a dead ``worker`` failed (and queue one retry of each)."""
+    return _fail_running(
+        study, lambda trial: reason if trial.user_attrs.get(WORKER_ATTR) == worker else None,
+        on_failed)
+
+
+def fail_orphaned_trials(study: Any, on_failed: Callable[[Any], None] | None = None) -> list[int]:
+    """Fail the RUNNING trials whose worker was a process of this host that no longer runs.
+
+    A process killed outright (SIGKILL, the kernel's out-of-memory killer, a crash of the
+    machine) records no outcome, and its trial stays RUNNING: in Optuna until another worker
+    sees its heartbeat stale, minutes later, and forever on a journal file, which has no
+    heartbeat. On the host that ran it, a process table lookup tells at once. Called when a
+    process joins the study, so no trial of this process is running yet: a trial that names
+    this very pid comes from an earlier process that had it. Trials of live processes, and of
+    other hosts, are left to their workers and to the heartbeat.
+    """
+    def reason(trial: Any) -> str | None:
+        worker = trial.user_attrs.get(WORKER_ATTR, "")
+        if not process_gone(worker):
+            return None
+        return f"its worker process {worker} ended without recording an outcome (killed)"
+
+    return _fail_running(study, reason, on_failed)
+
+
+def process_gone(worker: str) -> bool:
+    """True when ``worker`` (``host:pid``) names a process of this host that no longer runs,
+    or this process itself (which, joining the study, is not running that trial)."""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists, under another user
+        return False
+    return False
+
+
+def _fail_running(study: Any, reason_of: Callable[[Any], str | None],
+                  on_failed: Callable[[Any], None] | None) -> list[int]:
+    """Fail each RUNNING trial that ``reason_of`` gives a reason for; queue one retry of each.
+
+    Safe against another process failing the same trial at the same moment (two workers
+    joining together, or the heartbeat): the storage lets one of them finish it, and only
+    that one records the reason's consequences.
+    """
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
+    storage = study._storage
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if trial.user_attrs.get(WORKER_ATTR) != worker:
+        reason = reason_of(trial)
+        if reason is None:
             continue
-        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-        study.tell(trial.number, state=TrialState.FAIL)
-        frozen = study._storage.get_trial(trial._trial_id)
+        try:
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
+        except UpdateFinishedTrialError:
+            continue  # another process finished it first
+        frozen = storage.get_trial(trial._trial_id)
         if "retry_of" not in trial.user_attrs:  # one retry, like the heartbeat path
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
         if on_failed is not None:

@@ -194,3 +194,49 @@ def test_ctrl_c_or_sigterm_ends_the_trial_cleanly_and_a_rerun_resumes(
     study = optuna.load_study(study_name="digits", storage=storage)
     # the interrupted trial did not use up the budget of 1: a new one ran to completion
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+
+
+def test_a_rerun_fails_and_requeues_the_trial_of_a_killed_run_at_once(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-m", "search.run", "--study", "digits", "--trials", "2",
+               "--epochs", "25", "--folds", "2", "--no-progress",
+               "--set", "space.patience={type: int, low: 25, high: 25, default: 25}"]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    storage = f"sqlite:///{tmp_path}/mlruns/optuna.db"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            study = optuna.load_study(study_name="digits", storage=storage)
+        except Exception:
+            continue
+        if any(t.intermediate_values for t in study.get_trials(states=(TrialState.RUNNING,))):
+            break
+    else:
+        proc.kill()
+        pytest.fail("no trial started training within 120 s:\n" + proc.communicate()[0])
+    proc.kill()  # SIGKILL: nothing is recorded, the trial stays RUNNING
+    proc.communicate(timeout=60)
+    assert optuna.load_study(study_name="digits", storage=storage).trials[0].state \
+        == TrialState.RUNNING
+
+    # well inside the heartbeat's grace period
+    rerun = subprocess.run(command, cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "trial(s) [0] of a worker process that was killed" in rerun.stderr, rerun.stderr
+
+    trials = optuna.load_study(study_name="digits", storage=storage).trials
+    # the killed trial counts as failed; its queued retry is the rerun's second trial
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[0].user_attrs["fail_reason"] == (
+        f"its worker process {trials[0].user_attrs['worker']} ended without recording an "
+        f"outcome (killed)")
+    assert trials[1].user_attrs["retry_of"] == 0
+    assert trials[1].params == trials[0].params
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    assert runs and all(r.info.status != "RUNNING" for r in runs)
+    killed = next(r for r in runs if r.data.tags.get("optuna.trial_number") == "0")
+    assert killed.info.status == "FAILED" and "(killed)" in killed.data.tags["fail_reason"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from search.launch import plan_workers
+from search.launch import WORKER_ATTR, fail_orphaned_trials, plan_workers, process_gone
 from search.run import _worker_argv
 
 
@@ -47,6 +48,62 @@ def test_worker_argv_drops_what_only_the_launcher_does() -> None:
     argv = ["--study", "digits", "--fresh", "--baselines", "reference", "--gpus=0,1",
             "--workers-per-gpu", "2", "--trials", "8"]
     assert _worker_argv(argv) == ["--study", "digits", "--trials", "8", "--no-progress"]
+
+
+def _ended_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_process_gone_tells_a_dead_local_process_from_a_live_or_remote_one() -> None:
+    host = socket.gethostname()
+    assert process_gone(f"{host}:{_ended_pid()}")
+    assert process_gone(f"{host}:{os.getpid()}")  # joining: it runs no trial yet
+    assert not process_gone(f"{host}:{os.getppid()}")
+    assert not process_gone(f"another-{host}:{_ended_pid()}")
+    assert not process_gone("")
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # trials made by ask(), not optimize()
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_trials_of_a_killed_local_process_are_failed_and_queued_once(tmp_path, kind) -> None:
+    from search.study import open_storage
+
+    url = (f"sqlite:///{tmp_path}/optuna.db" if kind == "sqlite"
+           else str(tmp_path / "optuna.journal"))
+    study = optuna.create_study(study_name="s", storage=open_storage(url))
+    host, dead = socket.gethostname(), _ended_pid()
+    owners = {"killed": f"{host}:{dead}", "live": f"{host}:{os.getppid()}",
+              "remote": f"elsewhere:{dead}", "retried": f"{host}:{dead}"}
+    trials = {}
+    for name, worker in owners.items():
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        trial.set_user_attr(WORKER_ATTR, worker)
+        if name == "retried":
+            trial.set_user_attr("retry_of", 0)
+        trials[name] = trial.number
+    closed = []
+
+    assert fail_orphaned_trials(study, on_failed=closed.append) == [
+        trials["killed"], trials["retried"]]
+
+    by_number = {t.number: t for t in study.get_trials()}
+    for name in ("killed", "retried"):
+        trial = by_number[trials[name]]
+        assert trial.state == TrialState.FAIL
+        assert trial.user_attrs["fail_reason"] == (
+            f"its worker process {host}:{dead} ended without recording an outcome (killed)")
+    assert [t.number for t in closed] == [trials["killed"], trials["retried"]]
+    for name in ("live", "remote"):
+        assert by_number[trials[name]].state == TrialState.RUNNING
+    # one retry of the killed trial's recipe; a trial that was itself a retry gets none
+    queued = [t for t in study.get_trials() if t.state == TrialState.WAITING]
+    assert len(queued) == 1
+    assert queued[0].system_attrs["fixed_params"] == by_number[trials["killed"]].params
+    assert queued[0].user_attrs["retry_of"] == trials["killed"]
+    # a second process joining finds nothing left to fail
+    assert fail_orphaned_trials(study) == []
 
 
 def _start(tmp_path: Path, *extra: str) -> subprocess.Popen:
