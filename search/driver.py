@@ -62,7 +62,7 @@ def _open_session(config: StudyConfig, *, data_dir: str | None, progress: bool,
         check_model_name(config.spec.model["name"])
         data = load_data(config.spec.data, where=str(config.spec.path), seed=config.seed,
                          data_dir=data_dir, progress=progress)
-        study = open_study(config, worker=worker, create=worker == 0)
+        study = open_study(config, create=worker == 0)
         tracker = Tracker(config.tracking_uri)
     orphans = _fail_stale(study, tracker)
     parent = _agree_on_parent(study, config, tracker)
@@ -223,7 +223,6 @@ def run_worker(config: StudyConfig, *, worker_index: int, data_dir: str | None =
         The exit code: 0, or 130 when interrupted.
     """
     console = Console(stderr=True, width=140)
-    # each worker's sampler gets its own seed, or all would propose the same recipes
     session = _open_session(config, data_dir=data_dir, progress=False, worker=worker_index)
     reporter = StudyProgress(config.name, config.n_trials, count_trials(session.study),
                              _best_value(session.study), console=console,

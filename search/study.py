@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from search.config import StudyConfig
 from search.redact import redact_url
-from search.stores import store_error
+from search.stores import schema_lock, store_error
 from spaces import default_params
 
 SETTINGS_ATTR = "regsearch.settings"
@@ -66,14 +68,15 @@ def open_storage(url: str, tracking_uri: str | None = None) -> optuna.storages.B
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
-            storage = retry_schema_race(lambda: optuna.storages.RDBStorage(
-                url,
-                # SQLite: wait for the write lock rather than fail while other workers hold it
-                engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else None,
-                heartbeat_interval=60,
-                grace_period=180,
-                heartbeat_stale_trial_callback=StaleTrialCallback(tracking_uri),
-            ))
+            with schema_lock(url):
+                storage = retry_schema_race(lambda: optuna.storages.RDBStorage(
+                    url,
+                    # SQLite: wait for the write lock rather than fail while other workers hold it
+                    engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else None,
+                    heartbeat_interval=60,
+                    grace_period=180,
+                    heartbeat_stale_trial_callback=StaleTrialCallback(tracking_uri),
+                ))
         except Exception as exc:  # noqa: BLE001 (a bad URL becomes one line; the rest re-raised)
             raise (store_error("--storage", url, exc) or exc) from exc
     if sqlite and ":memory:" not in url:  # one process only; closing it would empty it
@@ -148,17 +151,67 @@ TPE_DEFAULTS: dict[str, object] = {
 }
 
 
-def make_sampler(config: StudyConfig, worker: int = 0) -> optuna.samplers.BaseSampler:
-    """Return the config's sampler, seeded from the study seed (and the worker index)."""
-    seed = config.seed + 1000 * worker
+def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
+    """Return the config's sampler, seeded afresh for every trial (`PerTrialSeed`)."""
     if config.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+        return PerTrialSeed(lambda seed: optuna.samplers.RandomSampler(seed=seed), config.seed)
     options = {**TPE_DEFAULTS, **config.tpe_options}
     if not options["multivariate"] and "group" not in config.tpe_options:
         options["group"] = False  # TPE groups only a multivariate model
-    with warnings.catch_warnings():  # multivariate, group, constant_liar are "experimental"
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=seed, **options)
+
+    def tpe(seed: int) -> optuna.samplers.TPESampler:
+        with warnings.catch_warnings():  # multivariate, group, constant_liar are "experimental"
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, **options)
+
+    return PerTrialSeed(tpe, config.seed)
+
+
+class PerTrialSeed(optuna.samplers.BaseSampler):
+    """A sampler seeded for each trial from the study seed and the trial's number.
+
+    A sampler seeded once per process draws the same random numbers in every process: two
+    `search.run` on one study (two terminals, or the same command on several hosts) proposed
+    the same recipes, trial for trial, through TPE's random startup trials (measured: trials 1
+    and 2 of two such runs had identical parameters). Trial numbers are unique across all
+    processes of a study, so seeding each trial from its number gives every process its own
+    draws, while one process alone stays reproducible from the study seed. TPE and random
+    sampling keep no other state between trials (they read the history from the storage), so
+    a sampler made for each trial loses nothing.
+
+    Args:
+        make: builds the underlying sampler from a seed.
+        seed: the study seed.
+    """
+
+    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:
+        self._make, self._seed = make, seed
+        self.current = make(seed)  # until the first trial; it shows the sampler's settings
+
+    @staticmethod
+    def trial_seed(seed: int, number: int) -> int:
+        return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.current = self._make(self.trial_seed(self._seed, trial.number))
+        self.current.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial):  # noqa: ANN201
+        return self.current.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space):  # noqa: ANN001, ANN201
+        return self.current.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution):  # noqa: ANN001, ANN201
+        return self.current.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values) -> None:  # noqa: ANN001
+        self.current.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.current.reseed_rng()
 
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
@@ -189,7 +242,7 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_study(config: StudyConfig, *, worker: int = 0, create: bool = True) -> optuna.Study:
+def open_study(config: StudyConfig, *, create: bool = True) -> optuna.Study:
     """Create the study of ``config`` or load it to resume.
 
     A resumed study must have been created with the same folds, epochs, seed, data, model and
@@ -208,7 +261,7 @@ def open_study(config: StudyConfig, *, worker: int = 0, create: bool = True) -> 
     study = optuna.create_study(
         study_name=config.name,
         storage=storage,
-        sampler=make_sampler(config, worker),
+        sampler=make_sampler(config),
         pruner=make_pruner(config),
         direction="minimize",
         load_if_exists=True,

@@ -54,14 +54,15 @@ class Tracker:
             db = Path(tracking_uri.removeprefix("sqlite:///"))
             db.parent.mkdir(parents=True, exist_ok=True)
             self.artifact_root = (db.parent / "artifacts").resolve().as_uri()
-        from search.stores import check_tracking_server, store_error
+        from search.stores import check_tracking_server, schema_lock, store_error
         from search.study import retry_schema_race
 
         if tracking_uri.startswith(("http://", "https://")):
             check_tracking_server(tracking_uri)
         try:
-            self.client = retry_schema_race(lambda: MlflowClient(tracking_uri))
-            self.client.search_experiments(max_results=1)  # opens the store: fail here, clearly
+            with schema_lock(tracking_uri):
+                self.client = retry_schema_race(lambda: MlflowClient(tracking_uri))
+                self.client.search_experiments(max_results=1)  # opens the store: fail here
         except Exception as exc:  # noqa: BLE001 (a bad URI becomes one line; the rest re-raised)
             raise (store_error("--tracking-uri", tracking_uri, exc) or exc) from exc
 

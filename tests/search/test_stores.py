@@ -65,3 +65,33 @@ def test_a_tls_server_the_probe_does_not_trust_still_counts_as_there(http_server
     # https:// to a plain-HTTP server fails the TLS handshake: something answers, so it passes
     # and MLflow's own TLS settings decide
     check_tracking_server(http_server.replace("http://", "https://"), timeout=5)
+
+
+_OPEN_TOGETHER = """
+import sys, time
+from search.study import open_storage
+from search.tracking import Tracker
+folder, start = sys.argv[1], float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))  # every process opens the fresh stores at once
+Tracker(f"sqlite:///{folder}/mlflow.db")
+open_storage(f"sqlite:///{folder}/optuna.db")
+print("opened")
+"""
+
+
+def test_processes_opening_fresh_sqlite_stores_together_all_succeed(tmp_path) -> None:
+    # Unlocked, three MLflow clients opening one fresh file together failed 10 times in 15
+    # (their table migrations collide); with `schema_lock` they take turns.
+    import subprocess
+    import sys
+    import time
+
+    for round_ in range(2):
+        folder = tmp_path / f"round-{round_}"
+        start = time.time() + 8  # after every process has imported MLflow and Optuna
+        procs = [subprocess.Popen([sys.executable, "-c", _OPEN_TOGETHER, str(folder), str(start)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(3)]
+        for proc in procs:
+            out, err = proc.communicate(timeout=180)
+            assert proc.returncode == 0 and out.strip() == "opened", err[-2000:]

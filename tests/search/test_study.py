@@ -74,7 +74,7 @@ def test_pruner_stops_a_trial_that_ends_its_first_fold_worse(pruner: str) -> Non
 def test_sampler_takes_the_study_file_tpe_options_over_regsearch_defaults() -> None:
     from search.study import TPE_DEFAULTS, make_sampler
 
-    shipped = make_sampler(build_config("digits"))
+    shipped = make_sampler(build_config("digits")).current
     assert isinstance(shipped, optuna.samplers.TPESampler)
     # wiring, so read from the sampler's private attributes
     assert (shipped._multivariate, shipped._group, shipped._n_startup_trials,
@@ -83,12 +83,46 @@ def test_sampler_takes_the_study_file_tpe_options_over_regsearch_defaults() -> N
                             "constant_liar": True}
     config = build_config("digits", overrides=[
         "search.tpe={multivariate: false, n_startup_trials: 4, constant_liar: false}"])
-    sampler = make_sampler(config)
+    sampler = make_sampler(config).current
     assert (sampler._multivariate, sampler._group, sampler._n_startup_trials,
             sampler._constant_liar) == (False, False, 4, False)  # group follows multivariate
     # the options are TPE's: a random sampler ignores them
-    assert isinstance(make_sampler(config.replace(sampler="random")),
+    assert isinstance(make_sampler(config.replace(sampler="random")).current,
                       optuna.samplers.RandomSampler)
+
+
+def _recipes(study: optuna.Study, n: int, space) -> list[dict]:
+    from spaces import sample_params
+
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        out.append(sample_params(space, trial))
+        study.tell(trial, 1.0 + trial.number / 10)  # the same history however it was run
+    return out
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_two_processes_on_one_study_draw_different_recipes_and_one_alone_repeats_its_own(
+        tmp_path, sampler: str) -> None:
+    from search.study import make_sampler
+
+    config = build_config("digits", sampler=sampler, seed=3)
+    space = config.spec.space
+
+    def open_(name: str) -> optuna.Study:  # what each process of a study builds for itself
+        return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/o.db",
+                                 sampler=make_sampler(config))
+
+    for name in ("shared", "alone", "again"):
+        optuna.create_study(study_name=name, storage=f"sqlite:///{tmp_path}/o.db")
+    first, second = open_("shared"), open_("shared")
+    drawn = []
+    for _ in range(3):  # the two take turns, as two workers do
+        drawn += _recipes(first, 1, space) + _recipes(second, 1, space)
+    assert len({repr(sorted(r.items())) for r in drawn}) == len(drawn)
+    # reproducible: the same seed and trial numbers give the same recipes
+    assert _recipes(open_("alone"), 6, space) == _recipes(open_("again"), 6, space) == drawn
 
 
 def test_a_trial_whose_worker_stopped_beating_is_failed_closed_in_mlflow_and_retried(
