@@ -16,6 +16,10 @@ from typing import Any, Callable, Sequence
 WORKER_ATTR = "worker"
 
 
+# Why this process was asked to stop ("" for Ctrl-C), once it was; see `check_stop`
+_stop_reason: str | None = None
+
+
 def stop_cleanly_on(*signals: signal.Signals) -> None:
     """Make the first of ``signals`` stop this process the way Ctrl-C does, and ignore the rest.
 
@@ -24,15 +28,62 @@ def stop_cleanly_on(*signals: signal.Signals) -> None:
     Raised as KeyboardInterrupt, it takes the Ctrl-C path instead: the trial is marked failed
     (interrupted) in both stores, the parent run is closed, and a rerun resumes. Once that
     clean stop is under way, more of the same signals are ignored so they cannot cut it short
-    (SIGKILL still can).
+    (SIGKILL still can). The request is remembered for `check_stop`.
     """
     def handler(signum: int, frame: Any) -> None:
+        global _stop_reason
         for other in signals:
             signal.signal(other, signal.SIG_IGN)
-        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+        _stop_reason = f"stopped by {signal.Signals(signum).name}"
+        raise KeyboardInterrupt(_stop_reason)
 
     for sig in signals:
         signal.signal(sig, handler)
+    _quiet_lost_interrupts()
+
+
+def remember_ctrl_c() -> None:
+    """Python's own Ctrl-C (KeyboardInterrupt, every time), remembered for `check_stop`."""
+    def handler(signum: int, frame: Any) -> None:
+        global _stop_reason
+        if _stop_reason is None:
+            _stop_reason = ""
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    _quiet_lost_interrupts()
+
+
+def _quiet_lost_interrupts() -> None:
+    """Print nothing for a KeyboardInterrupt that Python could not raise (`check_stop` will).
+
+    Python reports an exception from a finalizer as "Exception ignored in ..." with a
+    traceback: alarming for a Ctrl-C that `check_stop` goes on to handle cleanly.
+    """
+    default = sys.unraisablehook
+    if getattr(default, "regsearch", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            default(unraisable)
+
+    hook.regsearch = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+def check_stop() -> None:
+    """Raise KeyboardInterrupt again if a stop was asked for and something swallowed it.
+
+    Python raises a signal's exception in whatever code runs when it comes. When that is a
+    finalizer or a weakref callback (garbage collection during training), Python prints
+    "Exception ignored" and carries on: the stop is lost, and the trial trains to its end
+    (seen once in the Ctrl-C test: a KeyboardInterrupt inside SQLAlchemy's registry cleanup).
+    The trial loop calls this before every batch and every trial, so a lost stop is caught
+    within one batch.
+    """
+    if _stop_reason is not None:
+        raise KeyboardInterrupt(_stop_reason)
 
 
 def worker_id() -> str:

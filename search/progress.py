@@ -107,11 +107,22 @@ class StudyProgress:
             max_epochs: int | None = None) -> Iterator[dict[str, Any]]:
         """`job_started` for the block, `job_finished` after it, however it ends.
 
-        Yields the trainer's hooks that feed this display: ``on_epoch`` and ``on_batch``.
+        Yields the trainer's hooks that feed this display, ``on_epoch`` and ``on_batch``; they
+        also raise a stop that was asked for and lost (`search.launch.check_stop`).
         """
+        from search.launch import check_stop
+
+        def on_epoch(metrics: Any) -> None:
+            check_stop()
+            self.show(metrics)
+
+        def on_batch(fold: int, epoch: int, fraction: float) -> None:
+            check_stop()
+            self.batch(fold, epoch, fraction)
+
         self.job_started(label, n_folds=n_folds, max_epochs=max_epochs)
         try:
-            yield {"on_epoch": self.show, "on_batch": self.batch}
+            yield {"on_epoch": on_epoch, "on_batch": on_batch}
         finally:
             self.job_finished()
 

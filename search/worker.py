@@ -10,7 +10,7 @@ from typing import Any
 import optuna
 
 from search.config import StudyConfig
-from search.launch import WORKER_ATTR, worker_id
+from search.launch import WORKER_ATTR, check_stop, worker_id
 from search.progress import StudyProgress
 from search.recipe_file import RECIPE_ATTR
 from search.study import INTERRUPTED_ATTR, count_trials
@@ -69,6 +69,7 @@ class Objective:
         estimate = RunningCV(self.config.max_epochs)
 
         def on_epoch(m: EpochMetrics) -> bool:
+            check_stop()
             if self.progress:
                 self.progress.show(m)
             trial.report(estimate.update(m.fold, m.epoch, m.best_val_loss), m.step)
@@ -82,7 +83,7 @@ class Objective:
             result = cross_validate(
                 self.data, self.folds, recipe, self.models, seed=self.config.seed,
                 on_epoch=on_epoch, on_fold=on_fold, class_weight=self.class_weight,
-                on_batch=self.progress.batch if self.progress else None,
+                on_batch=self._on_batch,
             )
         except KeyboardInterrupt as exc:
             reason = interrupted_reason(exc)
@@ -105,6 +106,11 @@ class Objective:
             raise optuna.TrialPruned(f"pruned after {len(result.folds)} fold(s)")
         self.tracker.finish_trial(run_id, "COMPLETE")
         return result.val_loss
+
+    def _on_batch(self, fold: int, epoch: int, fraction: float) -> None:
+        check_stop()
+        if self.progress:
+            self.progress.batch(fold, epoch, fraction)
 
 
 def interrupted_reason(exc: KeyboardInterrupt) -> str:
@@ -179,6 +185,7 @@ def run_trials(study: optuna.Study, objective: Objective, *, n_trials: int,
         progress = objective.progress
         callbacks.append(lambda _study, trial: announce(progress, trial))
     while count_trials(study)["budget"] < n_trials:
+        check_stop()
         if timeout is not None and time.monotonic() - started >= timeout:
             break
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks,

@@ -106,6 +106,37 @@ def test_trials_of_a_killed_local_process_are_failed_and_queued_once(tmp_path, k
     assert fail_orphaned_trials(study) == []
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stop_swallowed_by_a_finalizer_is_raised_again_at_the_next_check(
+        monkeypatch, capsys, sig: signal.Signals) -> None:
+    import search.launch as launch
+
+    monkeypatch.setattr(launch, "_stop_reason", None)
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)  # what Python prints
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    class Finalized:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), sig)
+            time.sleep(1)  # the handler raises in here, and Python ignores what __del__ raises
+
+    try:
+        if sig == signal.SIGINT:
+            launch.remember_ctrl_c()
+        else:
+            launch.stop_cleanly_on(signal.SIGINT, signal.SIGTERM)
+        launch.check_stop()  # nothing asked yet
+        Finalized()  # collected at once: the stop is raised inside __del__ and lost there
+        with pytest.raises(KeyboardInterrupt) as raised:
+            launch.check_stop()
+        assert str(raised.value) == ("" if sig == signal.SIGINT else "stopped by SIGTERM")
+        # the lost one printed nothing ("Exception ignored in ... Traceback" otherwise)
+        assert "Traceback" not in capsys.readouterr().err
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def _start(tmp_path: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "0,1"}
     # two "GPUs" on a CPU machine: the backends find none and train on the CPU
