@@ -18,6 +18,9 @@ WORKER_ATTR = "worker"
 
 # Why this process was asked to stop ("" for Ctrl-C), once it was; see `check_stop`
 _stop_reason: str | None = None
+# A worker's launcher (`stop_with_launcher`)
+_launcher_pid: int | None = None
+LAUNCHER_GONE = "its launcher ended"
 
 
 def stop_cleanly_on(*signals: signal.Signals) -> None:
@@ -72,6 +75,18 @@ def _quiet_lost_interrupts() -> None:
     sys.unraisablehook = hook
 
 
+def stop_with_launcher() -> None:
+    """Make `check_stop` stop this worker once the process that started it has ended.
+
+    A launcher killed outright (SIGKILL, the out-of-memory killer) cannot pass a stop on, and
+    its workers would train on unseen, holding their GPUs, while a rerun starts new ones
+    beside them. The parent's end shows as a new parent pid; the worker then stops as for a
+    SIGTERM, its trial interrupted ("its launcher ended").
+    """
+    global _launcher_pid
+    _launcher_pid = os.getppid()
+
+
 def check_stop() -> None:
     """Raise KeyboardInterrupt again if a stop was asked for and something swallowed it.
 
@@ -80,8 +95,11 @@ def check_stop() -> None:
     "Exception ignored" and carries on: the stop is lost, and the trial trains to its end
     (seen once in the Ctrl-C test: a KeyboardInterrupt inside SQLAlchemy's registry cleanup).
     The trial loop calls this before every batch and every trial, so a lost stop is caught
-    within one batch.
+    within one batch. A worker whose launcher has gone stops here too (`stop_with_launcher`).
     """
+    global _stop_reason
+    if _stop_reason is None and _launcher_pid is not None and os.getppid() != _launcher_pid:
+        _stop_reason = LAUNCHER_GONE
     if _stop_reason is not None:
         raise KeyboardInterrupt(_stop_reason)
 

@@ -103,12 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error_text(exc)}", file=sys.stderr)
         return EXIT_USAGE
     from search.driver import run_study, run_worker  # imports Keras: settings are valid
-    from search.launch import remember_ctrl_c, stop_cleanly_on
+    from search.launch import remember_ctrl_c, stop_cleanly_on, stop_with_launcher
 
     # A worker stops once, whoever asks (the terminal's Ctrl-C, the launcher's SIGTERM, both);
     # the launcher keeps Python's Ctrl-C, so a second one still forces its way out.
     if args.worker_index is not None:
         stop_cleanly_on(signal.SIGINT, signal.SIGTERM)
+        stop_with_launcher()
     else:
         remember_ctrl_c()
         stop_cleanly_on(signal.SIGTERM)

@@ -221,3 +221,47 @@ def test_sigterm_to_the_launcher_stops_every_worker_cleanly(tmp_path) -> None:
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
     assert runs and all(r.info.status != "RUNNING" for r in runs)
+
+
+@pytest.mark.slow
+def test_workers_of_a_launcher_killed_outright_stop_cleanly_on_their_own(tmp_path) -> None:
+    proc = _start(tmp_path, "--trials", "4", "--epochs", "25",
+                  "--set", "space.patience={type: int, low: 25, high: 25, default: 25}")
+    storage = f"sqlite:///{tmp_path}/mlruns/optuna.db"
+    _training(proc, storage)
+    proc.kill()  # SIGKILL: the launcher can pass nothing on
+    proc.communicate(timeout=60)
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        trials = optuna.load_study(study_name="digits", storage=storage).get_trials()
+        if not [t for t in trials if t.state == TrialState.RUNNING]:
+            break
+        time.sleep(1)
+    stopped = [t for t in trials if t.user_attrs.get("interrupted")]
+    assert stopped and all(t.state == TrialState.FAIL for t in stopped)
+    assert {t.user_attrs["fail_reason"] for t in stopped} == {"interrupted (its launcher ended)"}
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    for pid in {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in trials}:
+        for _ in range(60):  # the worker closes its stores and exits
+            if not _runs(pid):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"worker {pid} still runs 30 s after its trial stopped")
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert children and all(r.info.status != "RUNNING" for r in children)
+
+
+def _runs(pid: int) -> bool:
+    """Whether ``pid`` runs: an orphan that exited stays a zombie until init reaps it."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
