@@ -103,7 +103,7 @@ def test_study_records_one_parent_and_one_child_per_trial_in_mlflow(finished_stu
     artifacts = {a.path for a in client.list_artifacts(outcome.parent_run_id)}
     assert "best_recipe.yaml" in artifacts and "plots" in artifacts
     plots = {a.path for a in client.list_artifacts(outcome.parent_run_id, "plots")}
-    assert "plots/optimization_history.png" in plots
+    assert {"plots/optimization_history.png", "plots/slice.png"} <= plots
 
 
 def test_export_writes_the_best_trials_recipe(finished_study) -> None:
