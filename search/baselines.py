@@ -10,6 +10,8 @@ if TYPE_CHECKING:
     from trainers.fit import ClassWeight
 
 BASELINES_ATTR = "regsearch.baselines"
+# in a baseline's stored outcome while it trains: the process (host:pid) training it
+RUNNING_KEY = "running_in"
 # The hand-picked recipes of the reference report (DESIGN.md). Each starts from "no
 # regularization" and the study's fixed settings; patience is the study's default, so the
 # baselines get the same early stopping (best weights restored) as the searched trials. The
@@ -58,18 +60,28 @@ def run_baselines(study: Any, config: Any, recipes: dict[str, Any], *, data: Any
         ``{name: outcome}``; an outcome has the recipe, ``cv_val_loss`` and friends, or
         ``fail_reason``.
     """
+    from search.launch import process_gone, worker_id
     from search.progress import job
     from search.worker import fold_curves, interrupted_reason, summarize
     from trainers.fit import TrainingFailed, cross_validate
 
     done: dict[str, dict[str, Any]] = dict(study.user_attrs.get(BASELINES_ATTR, {}))
     for name, recipe in recipes.items():
-        if name in done and done[name].get("recipe") == recipe.to_dict():
+        previous = done.pop(name, None)
+        if previous is not None and RUNNING_KEY not in previous \
+                and previous.get("recipe") == recipe.to_dict():
+            done[name] = previous
             continue
+        if previous is not None and process_gone(previous.get(RUNNING_KEY, "")):
+            # its process was killed outright: close the run it left RUNNING, train it again
+            tracker.finish_trial(previous["mlflow_run_id"], "FAIL", reason=(
+                f"its process {previous[RUNNING_KEY]} ended without recording an outcome "
+                f"(killed)"))
         run_id = tracker.start_trial(parent_run_id, -1, recipe.to_dict(),
                                      tags={"baseline": name, "regsearch.role": "baseline"},
                                      run_name=f"baseline-{name}")
         outcome: dict[str, Any] = {"recipe": recipe.to_dict(), "mlflow_run_id": run_id}
+        study.set_user_attr(BASELINES_ATTR, {**done, name: {**outcome, RUNNING_KEY: worker_id()}})
         with job(progress, f"baseline {name}") as hooks:
             try:
                 result = cross_validate(
@@ -81,6 +93,7 @@ def run_baselines(study: Any, config: Any, recipes: dict[str, Any], *, data: Any
                 tracker.finish_trial(run_id, "FAIL", reason=str(exc))
             except KeyboardInterrupt as exc:
                 tracker.finish_trial(run_id, "INTERRUPTED", reason=interrupted_reason(exc))
+                study.set_user_attr(BASELINES_ATTR, done)  # closed: nothing left to clean up
                 raise
             else:
                 summary = summarize(result)

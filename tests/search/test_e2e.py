@@ -240,3 +240,36 @@ def test_a_rerun_fails_and_requeues_the_trial_of_a_killed_run_at_once(tmp_path: 
     assert runs and all(r.info.status != "RUNNING" for r in runs)
     killed = next(r for r in runs if r.data.tags.get("optuna.trial_number") == "0")
     assert killed.info.status == "FAILED" and "(killed)" in killed.data.tags["fail_reason"]
+
+
+def test_a_baseline_left_running_by_a_killed_process_is_closed_and_trained_again(
+        tmp_path: Path) -> None:
+    import socket
+
+    from search.baselines import BASELINES_ATTR, RUNNING_KEY
+    from search.driver import run_study
+
+    config = _config(tmp_path, n_trials=1, baselines="reference", report=False,
+                     overrides=["model.hidden_layers=1", "model.units=32"])
+    first = run_study(config, progress=False)
+    client = MlflowClient(config.tracking_uri)
+    # what a process killed while training baseline "l2" leaves: a RUNNING run, and the marker
+    stored = first.study.user_attrs[BASELINES_ATTR]
+    left = client.create_run(client.get_run(first.parent_run_id).info.experiment_id,
+                             tags={"mlflow.parentRunId": first.parent_run_id, "baseline": "l2"})
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    killed = {"recipe": stored["l2"]["recipe"], "mlflow_run_id": left.info.run_id,
+              RUNNING_KEY: f"{socket.gethostname()}:{dead.pid}"}
+    first.study.set_user_attr(BASELINES_ATTR, {**stored, "l2": killed})
+
+    again = run_study(config, progress=False)
+
+    baselines = again.study.user_attrs[BASELINES_ATTR]
+    assert all(RUNNING_KEY not in outcome for outcome in baselines.values())
+    assert {k: v for k, v in baselines.items() if k != "l2"} == {
+        k: v for k, v in stored.items() if k != "l2"}  # the others were not trained again
+    assert baselines["l2"]["mlflow_run_id"] not in (left.info.run_id, stored["l2"]["mlflow_run_id"])
+    assert client.get_run(baselines["l2"]["mlflow_run_id"]).info.status == "FINISHED"
+    closed = client.get_run(left.info.run_id)
+    assert closed.info.status == "FAILED" and "(killed)" in closed.data.tags["fail_reason"]
