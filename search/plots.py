@@ -58,5 +58,6 @@ def _options(name: str, study: optuna.Study) -> dict:
     absent from that penalty's panel, and the panels left fit one row."""
     if name != "slice":
         return {}
-    names = sorted({p for t in study.get_trials(deepcopy=False) for p in t.params})
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    names = sorted({p for t in complete for p in t.params})  # the slice draws these only
     return {"params": [p for p in names if not p.endswith("_on")]}

@@ -29,3 +29,10 @@ def test_every_plot_is_drawn_and_the_slice_shows_strengths_not_switches(tmp_path
         assert width > 500 and height > 300
     assert "l1_on" in {p for t in study.trials for p in t.params}
     assert _options("slice", study)["params"] == ["augment", "dropout", "l1", "l2", "patience"]
+    # a parameter only a pruned trial had is not one the slice can draw
+    pruned = study.ask({"l1_on": optuna.distributions.CategoricalDistribution([True, False]),
+                        "l1": optuna.distributions.FloatDistribution(1e-7, 1e-3, log=True),
+                        "novel": optuna.distributions.FloatDistribution(0, 1)})
+    study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
+    assert "novel" not in _options("slice", study)["params"]
+    assert [p.stem for p in save_study_plots(study, tmp_path / "again")[0]] == list(PLOTS)
