@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 BASELINES_ATTR = "regsearch.baselines"
 # in a baseline's stored outcome while it trains: the process (host:pid) training it
-RUNNING_KEY = "running_in"
+RUNNING_KEY, RUNNING_NS_KEY = "running_in", "running_in_pid_namespace"
 # The hand-picked recipes of the reference report (DESIGN.md). Each starts from "no
 # regularization" and the study's fixed settings; patience is the study's default, so the
 # baselines get the same early stopping (best weights restored) as the searched trials. The
@@ -60,7 +60,7 @@ def run_baselines(study: Any, config: Any, recipes: dict[str, Any], *, data: Any
         ``{name: outcome}``; an outcome has the recipe, ``cv_val_loss`` and friends, or
         ``fail_reason``.
     """
-    from search.launch import process_gone, worker_id
+    from search.launch import pid_namespace, process_gone, worker_id
     from search.progress import job
     from search.worker import fold_curves, interrupted_reason, summarize
     from trainers.fit import TrainingFailed, cross_validate
@@ -72,7 +72,8 @@ def run_baselines(study: Any, config: Any, recipes: dict[str, Any], *, data: Any
                 and previous.get("recipe") == recipe.to_dict():
             done[name] = previous
             continue
-        if previous is not None and process_gone(previous.get(RUNNING_KEY, "")):
+        if previous is not None and process_gone(previous.get(RUNNING_KEY, ""),
+                                                 previous.get(RUNNING_NS_KEY)):
             # its process was killed outright: close the run it left RUNNING, train it again
             tracker.finish_trial(previous["mlflow_run_id"], "FAIL", reason=(
                 f"its process {previous[RUNNING_KEY]} ended without recording an outcome "
@@ -81,7 +82,8 @@ def run_baselines(study: Any, config: Any, recipes: dict[str, Any], *, data: Any
                                      tags={"baseline": name, "regsearch.role": "baseline"},
                                      run_name=f"baseline-{name}")
         outcome: dict[str, Any] = {"recipe": recipe.to_dict(), "mlflow_run_id": run_id}
-        study.set_user_attr(BASELINES_ATTR, {**done, name: {**outcome, RUNNING_KEY: worker_id()}})
+        study.set_user_attr(BASELINES_ATTR, {**done, name: {
+            **outcome, RUNNING_KEY: worker_id(), RUNNING_NS_KEY: pid_namespace()}})
         with job(progress, f"baseline {name}") as hooks:
             try:
                 result = cross_validate(

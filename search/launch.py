@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 WORKER_ATTR = "worker"
+# the worker's PID namespace: pids of this host are comparable only within one (`process_gone`)
+WORKER_NS_ATTR = "worker_pid_namespace"
 
 
 # Why this process was asked to stop ("" for Ctrl-C), once it was; see `check_stop`
@@ -107,6 +109,18 @@ def check_stop() -> None:
 def worker_id() -> str:
     """``host:pid`` of this process: recorded on every trial it runs."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def pid_namespace() -> str:
+    """This process's PID namespace (Linux: ``pid:[4026531836]``), "" where there is none.
+
+    Containers on one host can share its hostname (host networking) and still number their
+    processes apart; a pid from another container's namespace says nothing here.
+    """
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
 
 
 def visible_gpus() -> list[str]:
@@ -242,18 +256,20 @@ def fail_orphaned_trials(study: Any, on_failed: Callable[[Any], None] | None = N
     """
     def reason(trial: Any) -> str | None:
         worker = trial.user_attrs.get(WORKER_ATTR, "")
-        if not process_gone(worker):
+        if not process_gone(worker, trial.user_attrs.get(WORKER_NS_ATTR)):
             return None
         return f"its worker process {worker} ended without recording an outcome (killed)"
 
     return _fail_running(study, reason, on_failed)
 
 
-def process_gone(worker: str) -> bool:
-    """True when ``worker`` (``host:pid``) names a process of this host that no longer runs,
-    or this process itself (which, joining the study, is not running that trial)."""
+def process_gone(worker: str, namespace: str | None) -> bool:
+    """True when ``worker`` (``host:pid``, in PID ``namespace``) names a process of this host
+    that no longer runs, or this process itself (which, joining the study, is not running
+    that trial). False whenever that cannot be told: another host, another namespace, or a
+    record without one."""
     host, _, pid = worker.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    if host != socket.gethostname() or not pid.isdigit() or namespace != pid_namespace():
         return False
     if int(pid) == os.getpid():
         return True

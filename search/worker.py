@@ -10,7 +10,7 @@ from typing import Any
 import optuna
 
 from search.config import StudyConfig
-from search.launch import WORKER_ATTR, check_stop, worker_id
+from search.launch import WORKER_ATTR, WORKER_NS_ATTR, check_stop, pid_namespace, worker_id
 from search.progress import StudyProgress
 from search.recipe_file import RECIPE_ATTR
 from search.study import INTERRUPTED_ATTR, count_trials
@@ -62,6 +62,7 @@ class Objective:
         run_id = self.tracker.start_trial(self.parent_run_id, trial.number, recipe.to_dict())
         trial.set_user_attr(RECIPE_ATTR, recipe.to_dict())
         trial.set_user_attr(WORKER_ATTR, worker_id())
+        trial.set_user_attr(WORKER_NS_ATTR, pid_namespace())
         trial.set_user_attr("mlflow_run_id", run_id)
         if self.progress:
             self.progress.trial_started(trial.number)

@@ -15,7 +15,14 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from search.launch import WORKER_ATTR, fail_orphaned_trials, plan_workers, process_gone
+from search.launch import (
+    WORKER_ATTR,
+    WORKER_NS_ATTR,
+    fail_orphaned_trials,
+    pid_namespace,
+    plan_workers,
+    process_gone,
+)
 from search.run import _worker_argv
 
 
@@ -57,12 +64,15 @@ def _ended_pid() -> int:
 
 
 def test_process_gone_tells_a_dead_local_process_from_a_live_or_remote_one() -> None:
-    host = socket.gethostname()
-    assert process_gone(f"{host}:{_ended_pid()}")
-    assert process_gone(f"{host}:{os.getpid()}")  # joining: it runs no trial yet
-    assert not process_gone(f"{host}:{os.getppid()}")
-    assert not process_gone(f"another-{host}:{_ended_pid()}")
-    assert not process_gone("")
+    host, here = socket.gethostname(), pid_namespace()
+    assert process_gone(f"{host}:{_ended_pid()}", here)
+    assert process_gone(f"{host}:{os.getpid()}", here)  # joining: it runs no trial yet
+    assert not process_gone(f"{host}:{os.getppid()}", here)
+    assert not process_gone(f"another-{host}:{_ended_pid()}", here)
+    # a container sharing the hostname numbers its processes apart; an old record has no space
+    assert not process_gone(f"{host}:{_ended_pid()}", "pid:[1]")
+    assert not process_gone(f"{host}:{_ended_pid()}", None)
+    assert not process_gone("", here)
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # trials made by ask(), not optimize()
@@ -75,11 +85,14 @@ def test_trials_of_a_killed_local_process_are_failed_and_queued_once(tmp_path, k
     study = optuna.create_study(study_name="s", storage=open_storage(url))
     host, dead = socket.gethostname(), _ended_pid()
     owners = {"killed": f"{host}:{dead}", "live": f"{host}:{os.getppid()}",
-              "remote": f"elsewhere:{dead}", "retried": f"{host}:{dead}"}
+              "remote": f"elsewhere:{dead}", "retried": f"{host}:{dead}",
+              "other container": f"{host}:{dead}"}
     trials = {}
     for name, worker in owners.items():
         trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
         trial.set_user_attr(WORKER_ATTR, worker)
+        trial.set_user_attr(WORKER_NS_ATTR,
+                            "pid:[1]" if name == "other container" else pid_namespace())
         if name == "retried":
             trial.set_user_attr("retry_of", 0)
         trials[name] = trial.number
@@ -95,7 +108,7 @@ def test_trials_of_a_killed_local_process_are_failed_and_queued_once(tmp_path, k
         assert trial.user_attrs["fail_reason"] == (
             f"its worker process {host}:{dead} ended without recording an outcome (killed)")
     assert [t.number for t in closed] == [trials["killed"], trials["retried"]]
-    for name in ("live", "remote"):
+    for name in ("live", "remote", "other container"):
         assert by_number[trials[name]].state == TrialState.RUNNING
     # one retry of the killed trial's recipe; a trial that was itself a retry gets none
     queued = [t for t in study.get_trials() if t.state == TrialState.WAITING]
