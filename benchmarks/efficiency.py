@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import tempfile
 import time
 from typing import Any
@@ -300,13 +301,27 @@ def _partial(result: dict[str, Any]) -> str:
     """The Markdown of a result that lacks an arm: what each arm ran, no verdict yet."""
     lines = [f"# Search efficiency (partial): `{result['study']}`", "", f"`{result['command']}`",
              "", "Arms still missing for a comparison; merge this file with the others "
-             "(`--merge`).", "", "| seed | arm | best CV loss | fit seconds | epochs |",
-             "| --- | --- | --- | --- | --- |"]
+             "(`--merge`). Where (a) and (b) both ran, the last column is target 1's figure: "
+             "(a)'s fit seconds to reach (b)'s best CV loss, as a fraction of (b)'s seconds "
+             "(target <= 0.20).", "",
+             "| seed | arm | best CV loss | fit seconds | epochs | to (b)'s best / (b) s |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    fractions = []
     for seed, arm in sorted(result["arms"].items(), key=lambda kv: int(kv[0])):
-        found = [(k, arm[k]) for k in ("b", "c") if k in arm]
-        found += [(f"a [{label}]", a) for label, a in arm.get("a", {}).items()]
+        found = [(k, arm[k], "") for k in ("b", "c") if k in arm]
+        for label, a in arm.get("a", {}).items():
+            shown = ""
+            if "b" in arm:
+                reach = _seconds_to_reach(a["timeline"], arm["b"]["best_cv_val_loss"])
+                fraction = None if reach is None else reach / arm["b"]["fit_seconds"]
+                fractions.append(math.inf if fraction is None else fraction)
+                shown = "not reached" if fraction is None else f"{fraction:.2f}"
+            found.append((f"a [{label}]", a, shown))
         lines += [f"| {seed} | {name} | {r['best_cv_val_loss']:.4f} | {r['fit_seconds']:.1f} | "
-                  f"{r['epochs_trained']} |" for name, r in found]
+                  f"{r['epochs_trained']} | {shown} |" for name, r, shown in found]
+    if fractions:
+        lines += ["", f"Median fraction over {len(fractions)} run(s): "
+                      f"{statistics.median(fractions):.2f}."]
     return "\n".join(lines) + "\n"
 
 
@@ -449,7 +464,7 @@ def rerender(path: str) -> None:
 
     source = Path(path)
     result = json.loads(source.read_text())
-    md = render(result)
+    md = render(result) if result["runs"] else _partial(result)
     source.with_suffix(".md").write_text(md)
     print(md)
 
