@@ -142,18 +142,19 @@ def test_rerun_resumes_the_study_and_counts_the_budget_across_runs(finished_stud
         open_study(_config(tmp_path, n_trials=5).replace(max_epochs=4))
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_ctrl_c_or_sigterm_ends_the_trial_cleanly_and_a_rerun_resumes(
-        tmp_path: Path, sig: signal.Signals) -> None:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    # patience as long as the epoch budget: no early stopping, so the first trial is still
-    # training when the signal comes, however slow or fast the machine
-    command = [sys.executable, "-m", "search.run", "--study", "digits", "--trials", "2",
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+# patience as long as the epoch budget: no early stopping, so the first trial is still
+# training when the signal comes, however slow or fast the machine
+LONG_TRIALS = [sys.executable, "-m", "search.run", "--study", "digits", "--trials", "2",
                "--epochs", "25", "--folds", "2", "--no-progress",
                "--set", "space.patience={type: int, low: 25, high: 25, default: 25}"]
+
+
+def _start_training(tmp_path: Path) -> tuple[subprocess.Popen, str]:
+    """Start `LONG_TRIALS`; return the process and its storage once a trial has an epoch."""
     # A shell's background job inherits SIGINT ignored (and Python then keeps it ignored);
     # give the child the default disposition, as a terminal's Ctrl-C would find it.
-    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(LONG_TRIALS, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     storage = f"sqlite:///{tmp_path}/mlruns/optuna.db"
@@ -164,12 +165,16 @@ def test_ctrl_c_or_sigterm_ends_the_trial_cleanly_and_a_rerun_resumes(
             study = optuna.load_study(study_name="digits", storage=storage)
         except Exception:
             continue
-        running = [t for t in study.get_trials() if t.state == TrialState.RUNNING]
-        if running and running[0].intermediate_values:
-            break
-    else:
-        proc.kill()
-        pytest.fail("no trial started training within 120 s:\n" + proc.communicate()[0])
+        if any(t.intermediate_values for t in study.get_trials(states=(TrialState.RUNNING,))):
+            return proc, storage
+    proc.kill()
+    pytest.fail("no trial started training within 120 s:\n" + proc.communicate()[0])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_ends_the_trial_cleanly_and_a_rerun_resumes(
+        tmp_path: Path, sig: signal.Signals) -> None:
+    proc, storage = _start_training(tmp_path)
     proc.send_signal(sig)
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, output
@@ -188,7 +193,7 @@ def test_ctrl_c_or_sigterm_ends_the_trial_cleanly_and_a_rerun_resumes(
     if sig == signal.SIGTERM:
         return  # resuming after an interruption is the same either way: checked once
 
-    rerun = subprocess.run(command[:6] + ["1"] + command[7:], cwd=tmp_path, env=env,
+    rerun = subprocess.run(LONG_TRIALS[:6] + ["1"] + LONG_TRIALS[7:], cwd=tmp_path, env=ENV,
                            capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     study = optuna.load_study(study_name="digits", storage=storage)
@@ -197,32 +202,14 @@ def test_ctrl_c_or_sigterm_ends_the_trial_cleanly_and_a_rerun_resumes(
 
 
 def test_a_rerun_fails_and_requeues_the_trial_of_a_killed_run_at_once(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    command = [sys.executable, "-m", "search.run", "--study", "digits", "--trials", "2",
-               "--epochs", "25", "--folds", "2", "--no-progress",
-               "--set", "space.patience={type: int, low: 25, high: 25, default: 25}"]
-    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    storage = f"sqlite:///{tmp_path}/mlruns/optuna.db"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        try:
-            study = optuna.load_study(study_name="digits", storage=storage)
-        except Exception:
-            continue
-        if any(t.intermediate_values for t in study.get_trials(states=(TrialState.RUNNING,))):
-            break
-    else:
-        proc.kill()
-        pytest.fail("no trial started training within 120 s:\n" + proc.communicate()[0])
+    proc, storage = _start_training(tmp_path)
     proc.kill()  # SIGKILL: nothing is recorded, the trial stays RUNNING
     proc.communicate(timeout=60)
     assert optuna.load_study(study_name="digits", storage=storage).trials[0].state \
         == TrialState.RUNNING
 
     # well inside the heartbeat's grace period
-    rerun = subprocess.run(command, cwd=tmp_path, env=env,
+    rerun = subprocess.run(LONG_TRIALS, cwd=tmp_path, env=ENV,
                            capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert "trial(s) [0] of a worker process that was killed" in rerun.stderr, rerun.stderr
