@@ -10,8 +10,8 @@ if TYPE_CHECKING:
     from trainers.fit import ClassWeight
 
 BASELINES_ATTR = "regsearch.baselines"
-# in a baseline's stored outcome while it trains: the process (host:pid) training it
-RUNNING_KEY, RUNNING_NS_KEY = "running_in", "running_in_pid_namespace"
+# in a baseline's stored outcome while it trains: the process training it (`this_process`)
+RUNNING_KEY = "running_in"
 # The hand-picked recipes of the reference report (DESIGN.md). Each starts from "no
 # regularization" and the study's fixed settings; patience is the study's default, so the
 # baselines get the same early stopping (best weights restored) as the searched trials. The
@@ -60,7 +60,7 @@ def run_baselines(study: Any, config: Any, recipes: dict[str, Any], *, data: Any
         ``{name: outcome}``; an outcome has the recipe, ``cv_val_loss`` and friends, or
         ``fail_reason``.
     """
-    from search.launch import pid_namespace, process_gone, worker_id
+    from search.launch import killed_reason, process_gone, this_process
     from search.progress import job
     from search.worker import fold_curves, interrupted_reason, summarize
     from trainers.fit import TrainingFailed, cross_validate
@@ -72,18 +72,16 @@ def run_baselines(study: Any, config: Any, recipes: dict[str, Any], *, data: Any
                 and previous.get("recipe") == recipe.to_dict():
             done[name] = previous
             continue
-        if previous is not None and process_gone(previous.get(RUNNING_KEY, ""),
-                                                 previous.get(RUNNING_NS_KEY)):
+        if previous is not None and process_gone(previous.get(RUNNING_KEY, {})):
             # its process was killed outright: close the run it left RUNNING, train it again
-            tracker.finish_trial(previous["mlflow_run_id"], "FAIL", reason=(
-                f"its process {previous[RUNNING_KEY]} ended without recording an outcome "
-                f"(killed)"))
+            tracker.finish_trial(previous["mlflow_run_id"], "FAIL",
+                                 reason=killed_reason(previous[RUNNING_KEY]))
         run_id = tracker.start_trial(parent_run_id, -1, recipe.to_dict(),
                                      tags={"baseline": name, "regsearch.role": "baseline"},
                                      run_name=f"baseline-{name}")
         outcome: dict[str, Any] = {"recipe": recipe.to_dict(), "mlflow_run_id": run_id}
-        study.set_user_attr(BASELINES_ATTR, {**done, name: {
-            **outcome, RUNNING_KEY: worker_id(), RUNNING_NS_KEY: pid_namespace()}})
+        study.set_user_attr(BASELINES_ATTR,
+                            {**done, name: {**outcome, RUNNING_KEY: this_process()}})
         with job(progress, f"baseline {name}") as hooks:
             try:
                 result = cross_validate(

@@ -101,13 +101,7 @@ def _fail_stale(study: optuna.Study, tracker: Tracker) -> list[int]:
     from search.launch import fail_orphaned_trials
 
     optuna.storages.fail_stale_trials(study)
-
-    def close_run(trial: optuna.trial.FrozenTrial) -> None:
-        if "mlflow_run_id" in trial.user_attrs:
-            tracker.finish_trial(trial.user_attrs["mlflow_run_id"], "FAIL",
-                                 reason=trial.user_attrs["fail_reason"])
-
-    return fail_orphaned_trials(study, on_failed=close_run)
+    return fail_orphaned_trials(study, on_failed=tracker.close_failed_trial)
 
 
 def _agree_on_parent(study: optuna.Study, config: StudyConfig, tracker: Tracker) -> str:
@@ -261,9 +255,7 @@ def _run_workers(study: optuna.Study, tracker: Tracker, plan: Any, argv: list[st
     def died(proc: Any) -> None:
         worker = f"{socket.gethostname()}:{proc.pid}"
         reason = f"worker {worker} exited with code {proc.returncode}"
-        failed = fail_trials_of(study, worker, reason, on_failed=lambda t: tracker.finish_trial(
-            t.user_attrs["mlflow_run_id"], "FAIL", reason=reason)
-            if "mlflow_run_id" in t.user_attrs else None)
+        failed = fail_trials_of(study, worker, reason, on_failed=tracker.close_failed_trial)
         console.print(f"{reason}; its trial(s) {failed or 'none'} marked failed and queued "
                       f"again; the other workers go on", highlight=False)
 

@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 WORKER_ATTR = "worker"
 # the worker's PID namespace: pids of this host are comparable only within one (`process_gone`)
@@ -109,6 +109,17 @@ def check_stop() -> None:
 def worker_id() -> str:
     """``host:pid`` of this process: recorded on every trial it runs."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def this_process() -> dict[str, str]:
+    """What a trial (user attributes) or a baseline records of the process running it, for
+    `process_gone`: ``{WORKER_ATTR: host:pid, WORKER_NS_ATTR: its PID namespace}``."""
+    return {WORKER_ATTR: worker_id(), WORKER_NS_ATTR: pid_namespace()}
+
+
+def killed_reason(record: Mapping[str, Any]) -> str:
+    """Why a trial or baseline whose process `process_gone` was ended: the failure's reason."""
+    return f"its worker process {record.get(WORKER_ATTR)} ended without recording an outcome (killed)"
 
 
 def pid_namespace() -> str:
@@ -254,22 +265,19 @@ def fail_orphaned_trials(study: Any, on_failed: Callable[[Any], None] | None = N
     this very pid comes from an earlier process that had it. Trials of live processes, and of
     other hosts, are left to their workers and to the heartbeat.
     """
-    def reason(trial: Any) -> str | None:
-        worker = trial.user_attrs.get(WORKER_ATTR, "")
-        if not process_gone(worker, trial.user_attrs.get(WORKER_NS_ATTR)):
-            return None
-        return f"its worker process {worker} ended without recording an outcome (killed)"
-
-    return _fail_running(study, reason, on_failed)
+    return _fail_running(
+        study, lambda trial: killed_reason(trial.user_attrs)
+        if process_gone(trial.user_attrs) else None, on_failed)
 
 
-def process_gone(worker: str, namespace: str | None) -> bool:
-    """True when ``worker`` (``host:pid``, in PID ``namespace``) names a process of this host
-    that no longer runs, or this process itself (which, joining the study, is not running
-    that trial). False whenever that cannot be told: another host, another namespace, or a
+def process_gone(record: Mapping[str, Any]) -> bool:
+    """True when ``record`` (`this_process` of some process) names a process of this host that
+    no longer runs, or this process itself (which, joining the study, is not running that
+    trial). False whenever that cannot be told: another host, another PID namespace, or a
     record without one."""
-    host, _, pid = worker.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit() or namespace != pid_namespace():
+    host, _, pid = str(record.get(WORKER_ATTR, "")).rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() \
+            or record.get(WORKER_NS_ATTR) != pid_namespace():
         return False
     if int(pid) == os.getpid():
         return True

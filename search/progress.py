@@ -110,19 +110,9 @@ class StudyProgress:
         Yields the trainer's hooks that feed this display, ``on_epoch`` and ``on_batch``; they
         also raise a stop that was asked for and lost (`search.launch.check_stop`).
         """
-        from search.launch import check_stop
-
-        def on_epoch(metrics: Any) -> None:
-            check_stop()
-            self.show(metrics)
-
-        def on_batch(fold: int, epoch: int, fraction: float) -> None:
-            check_stop()
-            self.batch(fold, epoch, fraction)
-
         self.job_started(label, n_folds=n_folds, max_epochs=max_epochs)
         try:
-            yield {"on_epoch": on_epoch, "on_batch": on_batch}
+            yield trainer_hooks(self)
         finally:
             self.job_finished()
 
@@ -206,6 +196,24 @@ class StudyProgress:
         shown = "" if value is None else f" cv val_loss {value:.4f}"
         self._progress.console.print(f"trial {number}: {state.lower()}{shown}{detail}",
                                      highlight=False)
+
+
+def trainer_hooks(progress: StudyProgress | None) -> dict[str, Any]:
+    """The trainer's ``on_epoch`` and ``on_batch``: they raise a stop that was asked for and
+    lost (`search.launch.check_stop`), and feed ``progress`` when there is one."""
+    from search.launch import check_stop
+
+    def on_epoch(metrics: Any) -> None:
+        check_stop()
+        if progress is not None:
+            progress.show(metrics)
+
+    def on_batch(fold: int, epoch: int, fraction: float) -> None:
+        check_stop()
+        if progress is not None:
+            progress.batch(fold, epoch, fraction)
+
+    return {"on_epoch": on_epoch, "on_batch": on_batch}
 
 
 def job(progress: StudyProgress | None, label: str, **sizes: int) -> ContextManager[dict[str, Any]]:

@@ -62,9 +62,7 @@ def open_storage(url: str, tracking_uri: str | None = None) -> optuna.storages.B
 
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(url))
-    sqlite = url.startswith("sqlite:///")
-    if sqlite:
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    sqlite = url.startswith("sqlite:///")  # its folder is made by `schema_lock`
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:

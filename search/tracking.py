@@ -51,8 +51,7 @@ class Tracker:
         self.tracking_uri = tracking_uri
         self.artifact_root: str | None = None
         if tracking_uri.startswith("sqlite:///"):
-            db = Path(tracking_uri.removeprefix("sqlite:///"))
-            db.parent.mkdir(parents=True, exist_ok=True)
+            db = Path(tracking_uri.removeprefix("sqlite:///"))  # its folder: `schema_lock`
             self.artifact_root = (db.parent / "artifacts").resolve().as_uri()
         from search.stores import check_tracking_server, schema_lock, store_error
         from search.study import retry_schema_race
@@ -163,6 +162,13 @@ class Tracker:
             tags["interrupted"] = "true"
         self._set_tags(run_id, tags)
         self.client.set_terminated(run_id, status=STATUS[state])
+
+    def close_failed_trial(self, trial: Any) -> None:
+        """Close the MLflow run of an Optuna trial failed on its worker's behalf (a dead or
+        killed worker): FAILED, with the trial's ``fail_reason``."""
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            self.finish_trial(run_id, "FAIL", reason=trial.user_attrs.get("fail_reason"))
 
     def finish_parent(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)

@@ -10,8 +10,8 @@ from typing import Any
 import optuna
 
 from search.config import StudyConfig
-from search.launch import WORKER_ATTR, WORKER_NS_ATTR, check_stop, pid_namespace, worker_id
-from search.progress import StudyProgress
+from search.launch import check_stop, this_process
+from search.progress import StudyProgress, trainer_hooks
 from search.recipe_file import RECIPE_ATTR
 from search.study import INTERRUPTED_ATTR, count_trials
 from search.tracking import Tracker
@@ -61,18 +61,17 @@ class Objective:
         recipe = make_recipe(self.config, sample_params(self.config.spec.space, trial))
         run_id = self.tracker.start_trial(self.parent_run_id, trial.number, recipe.to_dict())
         trial.set_user_attr(RECIPE_ATTR, recipe.to_dict())
-        trial.set_user_attr(WORKER_ATTR, worker_id())
-        trial.set_user_attr(WORKER_NS_ATTR, pid_namespace())
+        for key, value in this_process().items():  # worker and PID namespace
+            trial.set_user_attr(key, value)
         trial.set_user_attr("mlflow_run_id", run_id)
         if self.progress:
             self.progress.trial_started(trial.number)
 
         estimate = RunningCV(self.config.max_epochs)
+        hooks = trainer_hooks(self.progress)
 
         def on_epoch(m: EpochMetrics) -> bool:
-            check_stop()
-            if self.progress:
-                self.progress.show(m)
+            hooks["on_epoch"](m)
             trial.report(estimate.update(m.fold, m.epoch, m.best_val_loss), m.step)
             return trial.should_prune()
 
@@ -84,7 +83,7 @@ class Objective:
             result = cross_validate(
                 self.data, self.folds, recipe, self.models, seed=self.config.seed,
                 on_epoch=on_epoch, on_fold=on_fold, class_weight=self.class_weight,
-                on_batch=self._on_batch,
+                on_batch=hooks["on_batch"],
             )
         except KeyboardInterrupt as exc:
             reason = interrupted_reason(exc)
@@ -107,11 +106,6 @@ class Objective:
             raise optuna.TrialPruned(f"pruned after {len(result.folds)} fold(s)")
         self.tracker.finish_trial(run_id, "COMPLETE")
         return result.val_loss
-
-    def _on_batch(self, fold: int, epoch: int, fraction: float) -> None:
-        check_stop()
-        if self.progress:
-            self.progress.batch(fold, epoch, fraction)
 
 
 def interrupted_reason(exc: KeyboardInterrupt) -> str:

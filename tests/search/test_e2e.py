@@ -233,9 +233,9 @@ def test_a_baseline_left_running_by_a_killed_process_is_closed_and_trained_again
         tmp_path: Path) -> None:
     import socket
 
-    from search.baselines import BASELINES_ATTR, RUNNING_KEY, RUNNING_NS_KEY
+    from search.baselines import BASELINES_ATTR, RUNNING_KEY
     from search.driver import run_study
-    from search.launch import pid_namespace
+    from search.launch import WORKER_ATTR, WORKER_NS_ATTR, pid_namespace
 
     config = _config(tmp_path, n_trials=1, baselines="reference", report=False,
                      overrides=["model.hidden_layers=1", "model.units=32"])
@@ -248,7 +248,8 @@ def test_a_baseline_left_running_by_a_killed_process_is_closed_and_trained_again
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     killed = {"recipe": stored["l2"]["recipe"], "mlflow_run_id": left.info.run_id,
-              RUNNING_KEY: f"{socket.gethostname()}:{dead.pid}", RUNNING_NS_KEY: pid_namespace()}
+              RUNNING_KEY: {WORKER_ATTR: f"{socket.gethostname()}:{dead.pid}",
+                            WORKER_NS_ATTR: pid_namespace()}}
     first.study.set_user_attr(BASELINES_ATTR, {**stored, "l2": killed})
 
     again = run_study(config, progress=False)

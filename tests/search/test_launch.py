@@ -63,16 +63,20 @@ def _ended_pid() -> int:
     return proc.pid
 
 
+def _gone(worker: str, namespace: str) -> bool:
+    return process_gone({WORKER_ATTR: worker, WORKER_NS_ATTR: namespace})
+
+
 def test_process_gone_tells_a_dead_local_process_from_a_live_or_remote_one() -> None:
     host, here = socket.gethostname(), pid_namespace()
-    assert process_gone(f"{host}:{_ended_pid()}", here)
-    assert process_gone(f"{host}:{os.getpid()}", here)  # joining: it runs no trial yet
-    assert not process_gone(f"{host}:{os.getppid()}", here)
-    assert not process_gone(f"another-{host}:{_ended_pid()}", here)
+    assert _gone(f"{host}:{_ended_pid()}", here)
+    assert _gone(f"{host}:{os.getpid()}", here)  # joining: it runs no trial yet
+    assert not _gone(f"{host}:{os.getppid()}", here)
+    assert not _gone(f"another-{host}:{_ended_pid()}", here)
     # a container sharing the hostname numbers its processes apart; an old record has no space
-    assert not process_gone(f"{host}:{_ended_pid()}", "pid:[1]")
-    assert not process_gone(f"{host}:{_ended_pid()}", None)
-    assert not process_gone("", here)
+    assert not _gone(f"{host}:{_ended_pid()}", "pid:[1]")
+    assert not process_gone({WORKER_ATTR: f"{host}:{_ended_pid()}"})
+    assert not _gone("", here)
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # trials made by ask(), not optimize()
@@ -211,13 +215,19 @@ def test_two_workers_share_one_study_and_a_killed_worker_leaves_nothing_running(
                 ).info.status == "FAILED"
 
 
-@pytest.mark.slow
-def test_sigterm_to_the_launcher_stops_every_worker_cleanly(tmp_path) -> None:
+def _start_long_trials(tmp_path: Path) -> tuple[subprocess.Popen, str]:
+    """A 2-worker launcher whose trials are training; return it and its storage."""
     # patience as long as the epoch budget: the trials are still training when the signal comes
     proc = _start(tmp_path, "--trials", "4", "--epochs", "25",
                   "--set", "space.patience={type: int, low: 25, high: 25, default: 25}")
     storage = f"sqlite:///{tmp_path}/mlruns/optuna.db"
     _training(proc, storage)
+    return proc, storage
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_stops_every_worker_cleanly(tmp_path) -> None:
+    proc, storage = _start_long_trials(tmp_path)
     proc.send_signal(signal.SIGTERM)  # to the launcher only, as `kill <pid>` would
     output = proc.communicate(timeout=300)[0]
     assert proc.returncode == 130, output
@@ -238,10 +248,7 @@ def test_sigterm_to_the_launcher_stops_every_worker_cleanly(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_workers_of_a_launcher_killed_outright_stop_cleanly_on_their_own(tmp_path) -> None:
-    proc = _start(tmp_path, "--trials", "4", "--epochs", "25",
-                  "--set", "space.patience={type: int, low: 25, high: 25, default: 25}")
-    storage = f"sqlite:///{tmp_path}/mlruns/optuna.db"
-    _training(proc, storage)
+    proc, storage = _start_long_trials(tmp_path)
     proc.kill()  # SIGKILL: the launcher can pass nothing on
     proc.communicate(timeout=60)
 
