@@ -116,13 +116,13 @@ def _agree_on_parent(study: optuna.Study, config: StudyConfig, tracker: Tracker)
     parent = tracker.open_parent(config.name, config.settings(), run_id=known, tags=tags)
     if parent != known:
         study.set_user_attr(PARENT_RUN_ATTR, parent)
-        tracker.log_dict(parent, config.spec.space.to_dict(), "space.json")
         time.sleep(_AGREE_SECONDS)
         winner = study.user_attrs.get(PARENT_RUN_ATTR)
         if winner != parent:
             tracker.finish_parent(parent, status="KILLED")
             tracker.client.delete_run(parent)
-            parent = tracker.open_parent(config.name, config.settings(), run_id=winner, tags=tags)
+            return tracker.open_parent(config.name, config.settings(), run_id=winner, tags=tags)
+        tracker.log_dict(parent, config.spec.space.to_dict(), "space.json")
     return parent
 
 
@@ -204,6 +204,7 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
             except KeyboardInterrupt:
                 interrupted = True
     finish_parent(study, config, tracker, parent, interrupted=interrupted)
+    console.print(tracker.where_to_look(parent), highlight=False, soft_wrap=True)
     if interrupted:
         console.print("interrupted: the current trial is marked failed; rerun the same command "
                       "to resume.")

@@ -8,12 +8,14 @@ parent run.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 
 from search.redact import redact_url
 
@@ -58,6 +60,9 @@ class Tracker:
 
         if tracking_uri.startswith(("http://", "https://")):
             check_tracking_server(tracking_uri)
+        # MLflow prints a link to every run it ends on a tracking server, with the URL's
+        # password in it, and between the progress bars: regsearch prints one link itself.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         try:
             with schema_lock(tracking_uri):
                 self.client = retry_schema_race(lambda: MlflowClient(tracking_uri))
@@ -66,13 +71,26 @@ class Tracker:
             raise (store_error("--tracking-uri", tracking_uri, exc) or exc) from exc
 
     def experiment_id(self, name: str) -> str:
-        """Return the id of experiment ``name``, creating it (and restoring it if deleted)."""
+        """Return the id of experiment ``name``, creating it (and restoring it if deleted).
+
+        Workers that start together may all find no experiment: the store keeps one, the
+        others are refused and take the one it kept.
+        """
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
             location = f"{self.artifact_root}/{name}" if self.artifact_root else None
-            return self.client.create_experiment(name, artifact_location=location)
+            try:
+                return self.client.create_experiment(name, artifact_location=location)
+            except MlflowException as exc:
+                experiment = self.client.get_experiment_by_name(name)
+                if experiment is None or exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
         if experiment.lifecycle_stage == "deleted":
-            self.client.restore_experiment(experiment.experiment_id)
+            try:
+                self.client.restore_experiment(experiment.experiment_id)
+            except MlflowException:  # another worker restored it first
+                if self.client.get_experiment(experiment.experiment_id).lifecycle_stage != "active":
+                    raise
         return experiment.experiment_id
 
     def open_parent(
@@ -172,6 +190,15 @@ class Tracker:
 
     def finish_parent(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
+
+    def where_to_look(self, run_id: str) -> str:
+        """One line on how to open ``run_id`` in the MLflow UI: its link on a server, else the
+        ``mlflow ui`` command for the store (password redacted either way)."""
+        uri = redact_url(self.tracking_uri)
+        if uri.startswith(("http://", "https://")):
+            experiment = self.client.get_run(run_id).info.experiment_id
+            return f"MLflow run: {uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+        return f"compare the trials: mlflow ui --backend-store-uri {uri}"
 
     def log_artifacts(self, run_id: str, paths: Iterable[Path], artifact_path: str | None = None) -> None:
         for path in paths:
