@@ -84,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from search.launch import plan_workers
 
         plan = plan_workers(args.gpus, args.workers_per_gpu) if args.worker_index is None else None
+        if plan is not None and plan.note:
+            console.print(f"note: {plan.note}", highlight=False, soft_wrap=True)
         if plan is not None and plan.n_workers > 1:
             # this process loads data and may run baselines beside its workers on the GPUs:
             # it must not take their memory

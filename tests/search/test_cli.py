@@ -248,3 +248,12 @@ def test_run_unknown_model_lists_known_before_any_store_is_opened(tmp_path):
 def test_run_unknown_model_option_names_model_and_option(tmp_path):
     result = cli("search.run", "--study", "digits", "--set", "model.depth=3", cwd=tmp_path)
     assert_usage_error(result, "model 'mlp'", "depth")
+
+
+def test_run_gpus_on_a_host_without_gpus_is_one_line(tmp_path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run([sys.executable, "-m", "search.run", "--study", "digits", "--gpus",
+                             "0"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert_usage_error(result, "'--gpus'='0'", "no GPU is visible here")
+    assert not (tmp_path / "mlruns").exists()

@@ -27,8 +27,11 @@ from search.run import _worker_argv
 
 
 @pytest.mark.parametrize("gpus,per_gpu,expected", [("0,1", 1, 2), ("3", 4, 4), ("0,1,2", 2, 6)])
-def test_plan_workers_one_slot_per_gpu_and_share(gpus: str, per_gpu: int, expected: int) -> None:
+def test_plan_workers_one_slot_per_gpu_and_share(gpus: str, per_gpu: int, expected: int,
+                                                 monkeypatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
     plan = plan_workers(gpus, per_gpu)
+    assert plan.note is None
     envs = plan.environments()
     assert plan.n_workers == expected == len(envs)
     assert sorted({e["CUDA_VISIBLE_DEVICES"] for e in envs}) == gpus.split(",")
@@ -45,10 +48,37 @@ def test_plan_workers_without_gpus_runs_one_worker(monkeypatch) -> None:
     assert plan.gpus == () and plan.n_workers == 1 and plan.environments() == [{}]
 
 
-@pytest.mark.parametrize("gpus,per_gpu,key", [("0,x", 1, "--gpus"), ("0", 0, "--workers-per-gpu")])
-def test_plan_workers_rejects_bad_input(gpus: str, per_gpu: int, key: str) -> None:
+@pytest.mark.parametrize("gpus,per_gpu,key", [("0,x", 1, "--gpus"), (",", 1, "--gpus"),
+                                              ("0", 0, "--workers-per-gpu")])
+def test_plan_workers_rejects_bad_input(gpus: str, per_gpu: int, key: str, monkeypatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     with pytest.raises(ValueError, match=key):
         plan_workers(gpus, per_gpu)
+
+
+def test_plan_workers_refuses_a_gpu_outside_the_schedulers_allocation(monkeypatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert plan_workers("3", 2).gpus == ("3",)
+    with pytest.raises(ValueError) as info:
+        plan_workers("0,3", 1)
+    assert str(info.value) == ("'--gpus'='0,3': GPU 0 is not visible here; the GPUs visible here "
+                               "are 2,3 (CUDA_VISIBLE_DEVICES='2,3').")
+
+
+def test_plan_workers_refuses_gpus_on_a_host_without_any(monkeypatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(ValueError, match="no GPU is visible here .*leave out --gpus to run one "
+                                         "worker on the CPU"):
+        plan_workers("0", 1)
+
+
+def test_plan_workers_notes_what_it_cannot_check_or_apply(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
+    plan = plan_workers("0,1", 1)
+    assert plan.gpus == ("0", "1") and "cannot check --gpus 0,1" in plan.note
+    plan = plan_workers(None, 4)
+    assert plan.n_workers == 1 and "one worker on the CPU" in plan.note
 
 
 def test_worker_argv_drops_what_only_the_launcher_does() -> None:
