@@ -64,6 +64,48 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# The module each backend needs, and how to install it.
+_BACKEND_INSTALL = {"jax": ("jax", 'pip install -e ".[jax]"'),
+                    "tensorflow": ("tensorflow", 'pip install -e ".[tensorflow]"'),
+                    "torch": ("torch", 'pip install -e ".[torch]"')}
+
+
+def check_backend(chosen: str | None) -> str:
+    """Return the Keras backend this run will use; refuse one that is unknown or not installed.
+
+    The same order as Keras: ``--backend``, else ``$KERAS_BACKEND``, else ``keras.json``'s
+    ``backend`` (in ``$KERAS_HOME`` or ``~/.keras``), else tensorflow.
+
+    Raises:
+        ValueError: the backend is not one regsearch trains on, or its package is missing.
+    """
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    if chosen:
+        name, source = chosen, "--backend"
+    elif os.environ.get("KERAS_BACKEND"):
+        name, source = os.environ["KERAS_BACKEND"], "$KERAS_BACKEND"
+    else:
+        config = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "keras.json"
+        try:
+            name, source = json.loads(config.read_text())["backend"], str(config)
+        except (OSError, ValueError, KeyError, TypeError):
+            name, source = "tensorflow", "Keras's default"
+    if name not in _BACKEND_INSTALL:
+        raise ValueError(f"Keras backend {name!r} (from {source}) is not one regsearch trains "
+                         f"on; expected one of {', '.join(_BACKEND_INSTALL)}.")
+    installed = [b for b, (module, _) in _BACKEND_INSTALL.items()
+                 if importlib.util.find_spec(module) is not None]
+    if name not in installed:
+        module, install = _BACKEND_INSTALL[name]
+        raise ValueError(f"Keras backend {name!r} (from {source}) is not installed: no module "
+                         f"{module!r}; `{install}` in regsearch's folder, or choose an installed one with --backend "
+                         f"({', '.join(installed) or 'none is installed'}).")
+    return name
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
@@ -83,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from search.launch import plan_workers
 
+        check_backend(args.backend)
         plan = plan_workers(args.gpus, args.workers_per_gpu) if args.worker_index is None else None
         if plan is not None and plan.note:
             console.print(f"note: {plan.note}", highlight=False, soft_wrap=True)

@@ -257,3 +257,32 @@ def test_run_gpus_on_a_host_without_gpus_is_one_line(tmp_path):
                             timeout=120)
     assert_usage_error(result, "'--gpus'='0'", "no GPU is visible here")
     assert not (tmp_path / "mlruns").exists()
+
+
+@pytest.mark.parametrize("where", ["--backend", "$KERAS_BACKEND", "keras.json"])
+def test_run_on_a_backend_that_is_not_installed_is_one_line(tmp_path, where):
+    # `sys.modules["torch"] = None` is how Python marks a module as absent: its import fails
+    (tmp_path / "hide").mkdir()
+    (tmp_path / "hide" / "sitecustomize.py").write_text('import sys\nsys.modules["torch"] = None\n')
+    (tmp_path / "keras.json").write_text('{"backend": "torch"}')
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "hide"), "KERAS_HOME": str(tmp_path)}
+    env.pop("KERAS_BACKEND", None)
+    args = ["--study", "digits"]
+    if where == "--backend":
+        args += ["--backend", "torch"]
+    elif where == "$KERAS_BACKEND":
+        env["KERAS_BACKEND"] = "torch"
+    result = subprocess.run([sys.executable, "-m", "search.run", *args], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    source = str(tmp_path / "keras.json") if where == "keras.json" else where
+    assert_usage_error(result, f"Keras backend 'torch' (from {source}) is not installed",
+                       'pip install -e ".[torch]"', "--backend (jax, tensorflow)")
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_run_on_a_backend_regsearch_does_not_train_on_is_one_line(tmp_path):
+    env = {**os.environ, "KERAS_BACKEND": "numpy"}
+    result = subprocess.run([sys.executable, "-m", "search.run", "--study", "digits"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert_usage_error(result, "Keras backend 'numpy' (from $KERAS_BACKEND) is not one",
+                       "jax, tensorflow, torch")
