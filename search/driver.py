@@ -49,6 +49,7 @@ class _Session:
     folds: list
     class_weight: str | None  # "balanced": from the labels each model trains on
     orphans: list[int]  # trials of killed processes, failed and queued again on opening
+    unclosed: list[int]  # trials whose MLflow runs were left RUNNING (MLflow was out of reach)
 
 
 def _open_session(config: StudyConfig, *, data_dir: str | None, progress: bool,
@@ -65,6 +66,7 @@ def _open_session(config: StudyConfig, *, data_dir: str | None, progress: bool,
         study = open_study(config, create=worker == 0)
         tracker = Tracker(config.tracking_uri)
     orphans = _fail_stale(study, tracker)
+    unclosed = tracker.close_runs_of_finished_trials(study)
     parent = _agree_on_parent(study, config, tracker)
     study.set_user_attr(DATA_ATTR, {**data.describe(), "augment_preset": data.augment_preset})
     import keras
@@ -79,7 +81,8 @@ def _open_session(config: StudyConfig, *, data_dir: str | None, progress: bool,
 
     folds = stratified_folds(data.train.y, config.n_folds, config.seed)
     class_weight = "balanced" if data.class_weights else None
-    return _Session(data, study, tracker, parent, models, folds, class_weight, orphans)
+    return _Session(data, study, tracker, parent, models, folds, class_weight, orphans,
+                    unclosed)
 
 
 def _set_precision(precision: str) -> None:
@@ -140,6 +143,9 @@ def _header(config: StudyConfig, session: _Session, console: Console, n_workers:
     if session.orphans:
         console.print(f"trial(s) {session.orphans} of a worker process that was killed on this "
                       f"host: marked failed and queued again", highlight=False, soft_wrap=True)
+    if session.unclosed:
+        console.print(f"trial(s) {session.unclosed} ended while MLflow was out of reach: their "
+                      f"MLflow runs are closed now", highlight=False, soft_wrap=True)
 
 
 def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: str | None = None,

@@ -11,6 +11,7 @@ from typing import Sequence
 from spaces import PRUNERS, SAMPLERS, builtin_studies
 
 EXIT_USAGE = 2
+EXIT_TEMPFAIL = 75  # sysexits.h: a service the run needs is gone; retrying later may work
 BACKENDS = ("jax", "tensorflow", "torch")
 # Options that only the launching process acts on; its workers get the rest.
 _LAUNCHER_ONLY = {"--fresh": 0, "--baselines": 1, "--gpus": 1, "--workers-per-gpu": 1}
@@ -149,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     from search.driver import run_study, run_worker  # imports Keras: settings are valid
     from search.launch import remember_ctrl_c, stop_cleanly_on, stop_with_launcher
+    from search.tracking import TrackingLost
 
     # A worker stops once, whoever asks (the terminal's Ctrl-C, the launcher's SIGTERM, both);
     # the launcher keeps Python's Ctrl-C, so a second one still forces its way out.
@@ -167,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:  # the data, the stores, the model options
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except TrackingLost as exc:
+        print(f"error: {exc}; the running trial is marked failed and does not count against "
+              f"the budget: run the same command again once MLflow answers", file=sys.stderr)
+        return EXIT_TEMPFAIL
     return 130 if outcome.interrupted else 0
 
 

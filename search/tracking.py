@@ -41,6 +41,75 @@ def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+class TrackingLost(Exception):
+    """The MLflow tracking store stopped answering in the middle of a study.
+
+    A study records every trial in MLflow, so it does not go on without it: the running trial
+    is ended like an interrupted one (it does not count against the budget) and the run stops.
+    """
+
+
+def lost_cause(exc: BaseException, uri: str) -> str | None:
+    """Why ``exc`` says the store at ``uri`` cannot be reached, or None if it is another error.
+
+    MLflow's REST client retries a refused connection, a timeout and 5xx answers with back-off
+    (about four minutes by default) before it raises: a store that raises so is gone, not busy.
+    A SQL store (``sqlite:///``, ``postgresql://``) raises SQLAlchemy's OperationalError, which
+    counts when it is about the connection or the file, not a lock or a query.
+    """
+    import requests
+    from sqlalchemy.exc import OperationalError
+
+    from search.redact import hide_password
+
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    for error in seen:
+        if isinstance(error, requests.exceptions.RetryError):
+            return f"it kept answering with errors: {str(error).rpartition('Caused by ')[2]}"[:300]
+        if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+            os_error = next((e for e in seen if type(e) is not OSError and isinstance(e, OSError)
+                             and e.strerror), None)
+            return (os_error.strerror if os_error is not None else type(error).__name__).lower()
+        if isinstance(error, OperationalError):
+            first = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+            # the server or the file is gone; "database is locked" and the like are not that
+            if any(word in first.lower() for word in _GONE):
+                return hide_password(first, uri)
+    return None
+
+
+# What a database driver says when its server or file cannot be reached at all.
+_GONE = ("connect", "unable to open database file", "disk i/o error")
+
+
+class _LosableClient:
+    """An `MlflowClient` whose calls raise `TrackingLost` when its store stops answering."""
+
+    def __init__(self, client: MlflowClient, uri: str) -> None:
+        self._client, self._uri = client, uri
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except Exception as exc:
+                cause = lost_cause(exc, self._uri)
+                if cause is None:
+                    raise
+                raise TrackingLost(f"MLflow at {redact_url(self._uri)} stopped answering "
+                                   f"({cause})") from exc
+
+        return call
+
+
 class Tracker:
     """MLflow store of one study.
 
@@ -69,6 +138,7 @@ class Tracker:
                 self.client.search_experiments(max_results=1)  # opens the store: fail here
         except Exception as exc:  # noqa: BLE001 (a bad URI becomes one line; the rest re-raised)
             raise (store_error("--tracking-uri", tracking_uri, exc) or exc) from exc
+        self.client = _LosableClient(self.client, tracking_uri)
 
     def experiment_id(self, name: str) -> str:
         """Return the id of experiment ``name``, creating it (and restoring it if deleted).
@@ -187,6 +257,31 @@ class Tracker:
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id:
             self.finish_trial(run_id, "FAIL", reason=trial.user_attrs.get("fail_reason"))
+
+    def close_runs_of_finished_trials(self, study: Any) -> list[int]:
+        """Close the runs MLflow still has RUNNING for trials Optuna has finished; return the
+        trials' numbers.
+
+        That happens when MLflow stopped answering during a trial (`TrackingLost`): Optuna
+        recorded the trial's end, MLflow could not. Each run gets the trial's status and reason.
+        """
+        experiment = self.client.get_experiment_by_name(study.study_name)
+        if experiment is None:
+            return []
+        running = self.client.search_runs([experiment.experiment_id],
+                                          filter_string="attributes.status = 'RUNNING'",
+                                          max_results=5000)
+        finished = {t.user_attrs.get("mlflow_run_id"): t for t in study.get_trials(deepcopy=False)
+                    if t.state.is_finished()}
+        closed = []
+        for run in running:
+            trial = finished.get(run.info.run_id)
+            if trial is None:
+                continue
+            state = "INTERRUPTED" if trial.user_attrs.get("interrupted") else trial.state.name
+            self.finish_trial(run.info.run_id, state, reason=trial.user_attrs.get("fail_reason"))
+            closed.append(trial.number)
+        return sorted(closed)
 
     def finish_parent(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)

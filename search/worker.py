@@ -14,7 +14,7 @@ from search.launch import check_stop, this_process
 from search.progress import StudyProgress, trainer_hooks
 from search.recipe_file import RECIPE_ATTR
 from search.study import INTERRUPTED_ATTR, count_trials
-from search.tracking import Tracker
+from search.tracking import Tracker, TrackingLost
 from spaces import sample_params
 from trainers.data import Dataset
 from trainers.fit import (
@@ -55,8 +55,23 @@ class Objective:
     parent_run_id: str
     progress: StudyProgress | None = None
     class_weight: ClassWeight = None
+    # set when MLflow stopped answering during a trial: `run_trials` raises it after Optuna
+    # has recorded the trial (Optuna's `catch` would otherwise swallow it and go on)
+    lost: TrackingLost | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            return self._run(trial)
+        except TrackingLost as exc:
+            # nothing more can be written to MLflow: end the trial like an interrupted one,
+            # in Optuna only, so it does not use up the budget; its MLflow run is closed by the
+            # next run that reaches the store (`Tracker.close_runs_of_finished_trials`)
+            trial.set_user_attr(INTERRUPTED_ATTR, True)
+            trial.set_user_attr("fail_reason", f"interrupted ({exc})")
+            self.lost = exc
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float:
         entered = time.perf_counter()
         recipe = make_recipe(self.config, sample_params(self.config.spec.space, trial))
         run_id = self.tracker.start_trial(self.parent_run_id, trial.number, recipe.to_dict())
@@ -90,6 +105,8 @@ class Objective:
             trial.set_user_attr(INTERRUPTED_ATTR, True)
             trial.set_user_attr("fail_reason", reason)
             self.tracker.finish_trial(run_id, "INTERRUPTED", reason=reason)
+            raise
+        except TrackingLost:
             raise
         except BaseException as exc:
             reason = str(exc) if isinstance(exc, TrainingFailed) else f"{type(exc).__name__}: {exc}"
@@ -172,7 +189,8 @@ def run_trials(study: optuna.Study, objective: Objective, *, n_trials: int,
 
     Each trial goes through ``study.optimize(n_trials=1)`` so Optuna keeps its heartbeat and
     stale-trial handling. A failed trial does not stop the loop; Ctrl-C ends the current trial
-    (marked FAIL, ``interrupted``; it does not use up the budget) and propagates.
+    (marked FAIL, ``interrupted``; it does not use up the budget) and propagates, and so does
+    `TrackingLost` (MLflow stopped answering), after ending the trial the same way.
     """
     started = time.monotonic()
     callbacks = []
@@ -185,6 +203,8 @@ def run_trials(study: optuna.Study, objective: Objective, *, n_trials: int,
             break
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks,
                        gc_after_trial=True)
+        if objective.lost is not None:
+            raise objective.lost
 
 
 def announce(progress: StudyProgress, trial: optuna.trial.FrozenTrial) -> None:

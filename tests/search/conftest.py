@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
+from tests.search.mlflow_server import MlflowServer
 from tests.search.pg import PostgresServer, Unavailable
 
 
@@ -38,44 +38,13 @@ def postgres() -> PostgresURLs:
         server.stop()
 
 
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory) -> str:
     """A real ``mlflow server`` on 127.0.0.1 (SQLite runs, artifacts served); its URL."""
-    import shutil
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    from tests.search.pg import free_port
-
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    log = (root / "server.log").open("wb")
-    server = subprocess.Popen(
-        [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
-         "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-         "--artifacts-destination", str(root / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    server.start()
     try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("mlflow server did not start: "
-                                       + (root / "server.log").read_text()[-2000:]) from None
-                time.sleep(0.5)
-        yield url
+        yield server.url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+        server.stop()

@@ -1,7 +1,8 @@
 """regsearch against a real `mlflow server`, as in "Running across machines".
 
-Workers that open a new study at the same moment all reach its one experiment, and a password in
-the tracking URL shows nowhere in the output (MLflow's own per-run links would show it).
+Workers that open a new study at the same moment all reach its one experiment; a password in
+the tracking URL shows nowhere in the output (MLflow's own per-run links would show it); a
+server that goes away mid-study stops the run cleanly, and the rerun closes what it left open.
 """
 
 from __future__ import annotations
@@ -11,14 +12,18 @@ import re
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow import MlflowClient
+from optuna.trial import TrialState
 
-from search.tracking import ROLE_TAG, Tracker
+from search.tracking import ROLE_TAG, Tracker, lost_cause
+from tests.search.mlflow_server import MlflowServer
 
 PASSWORD = "pw-9f3k"
 
@@ -62,3 +67,80 @@ def test_a_study_on_a_server_prints_one_link_and_never_the_password(mlflow_serve
     parent = MlflowClient(mlflow_server).get_run(run_id)
     assert parent.info.experiment_id == experiment_id
     assert parent.data.tags[ROLE_TAG] == "study" and parent.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_mlflow_lost_mid_study_stops_the_run_and_the_rerun_closes_the_trials_run(
+        tmp_path: Path) -> None:
+    server = MlflowServer(tmp_path / "server")
+    (tmp_path / "server").mkdir()
+    server.start()
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    # patience as long as the epochs: the first trial is still training when the server goes
+    command = [sys.executable, "-m", "search.run", "--study", "digits", "--trials", "2",
+               "--epochs", "25", "--folds", "2", "--no-progress", "--storage", storage,
+               "--tracking-uri", server.url,
+               "--set", "space.patience={type: int, low: 25, high: 25, default: 25}"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    try:
+        proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 120
+        while not _training(storage):
+            assert time.monotonic() < deadline and proc.poll() is None, "no trial started"
+            time.sleep(0.5)
+        server.stop()
+        output = proc.communicate(timeout=300)[0]
+        assert proc.returncode == 75, output
+        assert "Traceback" not in output
+        assert output.strip().splitlines()[-1] == (
+            f"error: MLflow at {server.url} stopped answering (connection refused); the running "
+            f"trial is marked failed and does not count against the budget: run the same "
+            f"command again once MLflow answers")
+        trial = optuna.load_study(study_name="digits", storage=storage).trials[0]
+        assert trial.state == TrialState.FAIL and trial.user_attrs["interrupted"] is True
+
+        server.start()
+        rerun = subprocess.run(command[:6] + ["1"] + command[7:], cwd=tmp_path, env=env,
+                               capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert "trial(s) [0] ended while MLflow was out of reach" in rerun.stderr
+    finally:
+        server.stop()
+    trials = optuna.load_study(study_name="digits", storage=storage).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    client = MlflowClient(f"sqlite:///{tmp_path}/server/mlflow.db")  # the server's own store
+    runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    assert all(r.info.status != "RUNNING" for r in runs)
+    lost = next(r for r in runs if r.data.tags.get("optuna.trial_number") == "0")
+    assert lost.info.status == "KILLED"
+    assert "stopped answering (connection refused)" in lost.data.tags["fail_reason"]
+
+
+def _training(storage: str) -> bool:
+    try:
+        study = optuna.load_study(study_name="digits", storage=storage)
+    except Exception:  # noqa: BLE001 (not created yet)
+        return False
+    return any(t.intermediate_values for t in study.get_trials(states=(TrialState.RUNNING,)))
+
+
+def test_only_a_store_out_of_reach_counts_as_lost() -> None:
+    from sqlalchemy.exc import OperationalError
+
+    url = "postgresql+psycopg2://u:s3cret@db/mlflow"
+
+    def wrapped(message: str) -> Exception:
+        try:
+            raise OperationalError("SELECT 1", {}, Exception(message))
+        except OperationalError as exc:
+            try:
+                raise RuntimeError("the store's own wrapper") from exc
+            except RuntimeError as outer:
+                return outer
+
+    gone = lost_cause(wrapped('connection to server at "db" failed: could not connect '
+                              '(password "s3cret")'), url)
+    assert gone is not None and "could not connect" in gone and "s3cret" not in gone
+    assert lost_cause(wrapped("database is locked"), url) is None
+    assert lost_cause(ValueError("a bad metric"), url) is None
