@@ -173,6 +173,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}; the running trial is marked failed and does not count against "
               f"the budget: run the same command again once MLflow answers", file=sys.stderr)
         return EXIT_TEMPFAIL
+    except Exception as exc:
+        from search.redact import redact_url
+        from search.stores import lost_cause
+
+        cause = lost_cause(exc, config.storage)
+        if cause is None:
+            raise  # regsearch's own error: keep its traceback
+        print(f"error: the Optuna storage {redact_url(config.storage)} stopped answering "
+              f"({cause}); the next run that opens the study fails the trial this one was "
+              f"running (at once on this host, after the heartbeat's grace period on another): "
+              f"run the same command again once it answers", file=sys.stderr)
+        return EXIT_TEMPFAIL
     return 130 if outcome.interrupted else 0
 
 

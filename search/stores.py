@@ -101,3 +101,37 @@ def check_tracking_server(uri: str, timeout: float = 10.0) -> None:
             f"one (mlflow server ...) or leave --tracking-uri out for the local store "
             f"sqlite:///mlruns/mlflow.db.") from exc
 
+
+def lost_cause(exc: BaseException, uri: str) -> str | None:
+    """Why ``exc`` says the store at ``uri`` cannot be reached, or None if it is another error.
+
+    MLflow's REST client retries a refused connection, a timeout and 5xx answers with back-off
+    (about four minutes by default) before it raises: a store that raises so is gone, not busy.
+    A SQL store (``sqlite:///``, ``postgresql://``) raises SQLAlchemy's OperationalError, which
+    counts when it is about the connection or the file, not a lock or a query.
+    """
+    import requests
+    from sqlalchemy.exc import OperationalError
+
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    for error in seen:
+        if isinstance(error, requests.exceptions.RetryError):
+            return f"it kept answering with errors: {str(error).rpartition('Caused by ')[2]}"[:300]
+        if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+            os_error = next((e for e in seen if type(e) is not OSError and isinstance(e, OSError)
+                             and e.strerror), None)
+            return (os_error.strerror if os_error is not None else type(error).__name__).lower()
+        if isinstance(error, OperationalError):
+            first = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+            # the server or the file is gone; "database is locked" and the like are not that
+            if any(word in first.lower() for word in _GONE):
+                return hide_password(first, uri)
+    return None
+
+
+# What a database driver says when its server or file cannot be reached at all.
+_GONE = ("connect", "unable to open database file", "disk i/o error")

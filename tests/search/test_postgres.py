@@ -175,3 +175,43 @@ def test_the_password_is_never_printed_nor_recorded(shared_study, postgres) -> N
                and not p.name.startswith("worker-")]
     for path in written:
         assert not _leaks(path.read_bytes().decode("utf-8", "replace"), secrets), path
+
+
+def test_a_storage_lost_mid_study_stops_the_run_with_one_line(tmp_path: Path) -> None:
+    from tests.search.pg import PostgresServer, Unavailable
+
+    server = PostgresServer(databases=("optuna",))
+    try:
+        server.start()
+    except Unavailable as exc:
+        pytest.skip(f"PostgreSQL unavailable: {exc}")
+    storage = server.url("optuna")
+    # patience as long as the epochs: the first trial is still training when the server goes
+    command = [sys.executable, "-m", "search.run", "--study", "digits", "--trials", "2",
+               "--epochs", "25", "--folds", "2", "--no-progress", "--storage", storage,
+               "--set", "space.patience={type: int, low: 25, high: 25, default: 25}"]
+    try:
+        proc = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 120
+        while not _training(storage):
+            assert time.monotonic() < deadline and proc.poll() is None, "no trial started"
+            time.sleep(0.5)
+    finally:
+        server.stop()
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 75, output[-3000:]
+    assert "Traceback" not in output
+    assert not any(secret in output for secret in _secrets(server.password))
+    last = output.strip().splitlines()[-1]
+    assert last.startswith(f"error: the Optuna storage {redact_url(storage)} stopped answering "
+                           f"(connection to server at \"127.0.0.1\", port {server.port} failed")
+    assert last.endswith("run the same command again once it answers")
+
+
+def _training(storage: str) -> bool:
+    try:
+        study = optuna.load_study(study_name="digits", storage=storage)
+    except Exception:  # noqa: BLE001 (not created yet)
+        return False
+    return any(t.intermediate_values for t in study.get_trials(states=(TrialState.RUNNING,)))

@@ -22,7 +22,8 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from search.tracking import ROLE_TAG, Tracker, lost_cause
+from search.stores import lost_cause
+from search.tracking import ROLE_TAG, Tracker
 from tests.search.mlflow_server import MlflowServer
 
 PASSWORD = "pw-9f3k"
