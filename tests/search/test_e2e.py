@@ -19,6 +19,7 @@ from search.config import build_config
 from search.export import export
 from search.study import open_study
 from spaces import values_from_params
+from tests.search.running import trial_is_training
 
 pytestmark = pytest.mark.slow
 
@@ -161,11 +162,7 @@ def _start_training(tmp_path: Path) -> tuple[subprocess.Popen, str]:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        try:
-            study = optuna.load_study(study_name="digits", storage=storage)
-        except Exception:
-            continue
-        if any(t.intermediate_values for t in study.get_trials(states=(TrialState.RUNNING,))):
+        if trial_is_training(storage):
             return proc, storage
     proc.kill()
     pytest.fail("no trial started training within 120 s:\n" + proc.communicate()[0])

@@ -23,6 +23,7 @@ from mlflow.entities import ViewType
 from optuna.trial import TrialState
 
 from search.redact import redact_url
+from tests.search.running import trial_is_training
 
 pytestmark = pytest.mark.slow
 
@@ -194,7 +195,7 @@ def test_a_storage_lost_mid_study_stops_the_run_with_one_line(tmp_path: Path) ->
         proc = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 120
-        while not _training(storage):
+        while not trial_is_training(storage):
             assert time.monotonic() < deadline and proc.poll() is None, "no trial started"
             time.sleep(0.5)
     finally:
@@ -208,10 +209,3 @@ def test_a_storage_lost_mid_study_stops_the_run_with_one_line(tmp_path: Path) ->
                            f"(connection to server at \"127.0.0.1\", port {server.port} failed")
     assert last.endswith("run the same command again once it answers")
 
-
-def _training(storage: str) -> bool:
-    try:
-        study = optuna.load_study(study_name="digits", storage=storage)
-    except Exception:  # noqa: BLE001 (not created yet)
-        return False
-    return any(t.intermediate_values for t in study.get_trials(states=(TrialState.RUNNING,)))

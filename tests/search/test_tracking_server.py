@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 from search.stores import lost_cause
 from search.tracking import ROLE_TAG, Tracker
 from tests.search.mlflow_server import MlflowServer
+from tests.search.running import trial_is_training
 
 PASSWORD = "pw-9f3k"
 
@@ -87,7 +88,7 @@ def test_mlflow_lost_mid_study_stops_the_run_and_the_rerun_closes_the_trials_run
         proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 120
-        while not _training(storage):
+        while not trial_is_training(storage):
             assert time.monotonic() < deadline and proc.poll() is None, "no trial started"
             time.sleep(0.5)
         server.stop()
@@ -117,13 +118,6 @@ def test_mlflow_lost_mid_study_stops_the_run_and_the_rerun_closes_the_trials_run
     assert lost.info.status == "KILLED"
     assert "stopped answering (connection refused)" in lost.data.tags["fail_reason"]
 
-
-def _training(storage: str) -> bool:
-    try:
-        study = optuna.load_study(study_name="digits", storage=storage)
-    except Exception:  # noqa: BLE001 (not created yet)
-        return False
-    return any(t.intermediate_values for t in study.get_trials(states=(TrialState.RUNNING,)))
 
 
 def test_only_a_store_out_of_reach_counts_as_lost() -> None:
