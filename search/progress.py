@@ -43,7 +43,6 @@ class StudyProgress:
         self.n_folds, self.max_epochs = n_folds, max_epochs
         self.counts = dict(counts)
         self.best = best
-        self.started = time.monotonic()
         self.live = bars and self.console.is_terminal
         self.log_every = log_every
         self._label: str | None = None
