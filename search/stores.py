@@ -4,6 +4,7 @@ MLflow's), and one process at a time creating a SQLite store's tables."""
 from __future__ import annotations
 
 import contextlib
+import re
 import ssl
 import urllib.error
 import urllib.parse
@@ -71,7 +72,29 @@ def store_error(option: str, url: str, exc: BaseException) -> ValueError | None:
     if isinstance(exc, OperationalError):
         reason = hide_password(str(getattr(exc, "orig", None) or exc).strip().splitlines()[0], url)
         return ValueError(f"{shown}: cannot open the database: {reason}")
+    refused = _refused_status(exc)
+    if refused is not None:
+        what = ("did not accept the credentials" if refused == 401 else
+                "refused this user access")
+        return ValueError(
+            f"{shown}: the server {what} (HTTP {refused}); give a user allowed to write runs "
+            f"as http://user:password@host or in MLFLOW_TRACKING_USERNAME and "
+            f"MLFLOW_TRACKING_PASSWORD (or a token in MLFLOW_TRACKING_TOKEN).")
     return None
+
+
+def _refused_status(exc: BaseException) -> int | None:
+    """401 or 403 when an MLflow server (or the proxy in front of it) turned the client away."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(exc, MlflowException):
+        return None
+    code = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}.get(str(exc.error_code))
+    if code is not None:
+        return code
+    # a proxy's own page instead of MLflow's JSON: "failed with error code 401 != 200"
+    match = re.search(r"error code (401|403)\b", str(exc))
+    return int(match[1]) if match else None
 
 
 def check_tracking_server(uri: str, timeout: float = 10.0) -> None:

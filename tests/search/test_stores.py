@@ -95,3 +95,48 @@ def test_processes_opening_fresh_sqlite_stores_together_all_succeed(tmp_path) ->
         for proc in procs:
             out, err = proc.communicate(timeout=180)
             assert proc.returncode == 0 and out.strip() == "opened", err[-2000:]
+
+
+@pytest.fixture
+def guarded_server():
+    """A real HTTP server that answers /health and turns every API call away: 401 with a
+    proxy's HTML page on /a/..., 403 with MLflow's JSON error on /b/..."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def answer(self) -> None:  # noqa: D401
+            if self.path.endswith("/health"):
+                self.send_response(200)
+                self.end_headers()
+                return
+            if self.path.startswith("/a/"):
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="mlflow"')
+                self.end_headers()
+                self.wfile.write(b"<html>401 Authorization Required</html>")
+            else:
+                self.send_response(403)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b'{"error_code": "PERMISSION_DENIED", "message": "no"}')
+
+        do_GET = do_POST = answer
+
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://bob:s3cret@127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("prefix,status,words", [("/a", 401, "did not accept the credentials"),
+                                                 ("/b", 403, "refused this user access")])
+def test_a_server_that_turns_the_client_away_is_one_line(guarded_server: str, prefix: str,
+                                                          status: int, words: str) -> None:
+    from search.tracking import Tracker
+
+    with pytest.raises(ValueError) as info:
+        Tracker(guarded_server + prefix)
+    message = str(info.value)
+    assert f"the server {words} (HTTP {status})" in message and "MLFLOW_TRACKING_USERNAME" in message
+    assert "s3cret" not in message and "bob:***@" in message
