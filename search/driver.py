@@ -22,6 +22,7 @@ from search.plots import save_study_plots
 from search.progress import StudyProgress, best_trials_table
 from search.recipe_file import BACKEND_ATTR, DATA_ATTR, RECIPE_ATTR, recipe_document, write_recipe
 from search.redact import redact_url
+from search.stores import EXIT_STORE_LOST
 from search.study import PARENT_RUN_ATTR, count_trials, open_study, quiet_optuna
 from search.tracking import Tracker
 from search.worker import Objective, announce, make_recipe, run_trials
@@ -262,9 +263,12 @@ def _run_workers(study: optuna.Study, tracker: Tracker, plan: Any, argv: list[st
     def died(proc: Any) -> None:
         worker = f"{socket.gethostname()}:{proc.pid}"
         reason = f"worker {worker} exited with code {proc.returncode}"
+        if proc.returncode == EXIT_STORE_LOST:
+            reason += " (a store stopped answering: its log says which)"
         failed = fail_trials_of(study, worker, reason, on_failed=tracker.close_failed_trial)
-        console.print(f"{reason}; its trial(s) {failed or 'none'} marked failed and queued "
-                      f"again; the other workers go on", highlight=False)
+        requeued = f"its trial(s) {failed} marked failed and queued again; " if failed else ""
+        console.print(f"{reason}; {requeued}the other workers go on", highlight=False,
+                      soft_wrap=True)
 
     return supervise(procs, on_tick=tick, on_death=died)
 

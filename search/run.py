@@ -11,7 +11,6 @@ from typing import Sequence
 from spaces import PRUNERS, SAMPLERS, builtin_studies
 
 EXIT_USAGE = 2
-EXIT_TEMPFAIL = 75  # sysexits.h: a service the run needs is gone; retrying later may work
 BACKENDS = ("jax", "tensorflow", "torch")
 # Options that only the launching process acts on; its workers get the rest.
 _LAUNCHER_ONLY = {"--fresh": 0, "--baselines": 1, "--gpus": 1, "--workers-per-gpu": 1}
@@ -150,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     from search.driver import run_study, run_worker  # imports Keras: settings are valid
     from search.launch import remember_ctrl_c, stop_cleanly_on, stop_with_launcher
+    from search.stores import EXIT_STORE_LOST
     from search.tracking import TrackingLost
 
     # A worker stops once, whoever asks (the terminal's Ctrl-C, the launcher's SIGTERM, both);
@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrackingLost as exc:
         print(f"error: {exc}; the running trial is marked failed and does not count against "
               f"the budget: run the same command again once MLflow answers", file=sys.stderr)
-        return EXIT_TEMPFAIL
+        return EXIT_STORE_LOST
     except Exception as exc:
         from search.redact import redact_url
         from search.stores import lost_cause
@@ -184,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"({cause}); the next run that opens the study fails the trial this one was "
               f"running (at once on this host, after the heartbeat's grace period on another): "
               f"run the same command again once it answers", file=sys.stderr)
-        return EXIT_TEMPFAIL
+        return EXIT_STORE_LOST
     return 130 if outcome.interrupted else 0
 
 

@@ -25,6 +25,10 @@ EXAMPLES = {
 # (MLflow's ~60 migrations take seconds); the lock is released if its holder dies.
 SCHEMA_LOCK_SECONDS = 600
 
+# sysexits.h's EX_TEMPFAIL: a store the run needs stopped answering; the same command later
+# resumes (a scheduler can requeue on it)
+EXIT_STORE_LOST = 75
+
 
 def schema_lock(url: str) -> contextlib.AbstractContextManager:
     """Hold a lock file beside a ``sqlite:///`` database while a process opens it.

@@ -228,6 +228,8 @@ def test_two_workers_share_one_study_and_a_killed_worker_leaves_nothing_running(
     killed = trials[victim.number]
     assert killed.state == TrialState.FAIL
     assert "exited with code -9" in killed.user_attrs["fail_reason"]
+    assert (f"exited with code -9; its trial(s) [{victim.number}] marked failed and queued "
+            f"again; the other workers go on\n") in output
     retries = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
     assert len(retries) == 1 and retries[0].params == killed.params
     workers = {t.user_attrs["worker"] for t in trials if "worker" in t.user_attrs}
