@@ -58,7 +58,7 @@ def recipe_document(study: Any, trial: Any, *, storage: str, mlflow_run_id: str 
             "storage": storage,
             "mlflow_run_id": mlflow_run_id or attrs.get("mlflow_run_id"),
             "seed": settings.get("seed"),
-            "keras_backend": backend or study.user_attrs.get(BACKEND_ATTR),
+            "keras_backend": backend or attrs.get(BACKEND_ATTR) or study.user_attrs.get(BACKEND_ATTR),
             "versions": package_versions(),
         },
     }

@@ -7,12 +7,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import keras
 import optuna
 
 from search.config import StudyConfig
-from search.launch import check_stop, this_process
+from search.launch import WORKER_ATTR, check_stop, this_process
 from search.progress import StudyProgress, trainer_hooks
-from search.recipe_file import RECIPE_ATTR
+from search.recipe_file import BACKEND_ATTR, RECIPE_ATTR
 from search.study import INTERRUPTED_ATTR, count_trials
 from search.tracking import Tracker, TrackingLost
 from spaces import sample_params
@@ -74,9 +75,15 @@ class Objective:
     def _run(self, trial: optuna.Trial) -> float:
         entered = time.perf_counter()
         recipe = make_recipe(self.config, sample_params(self.config.spec.space, trial))
-        run_id = self.tracker.start_trial(self.parent_run_id, trial.number, recipe.to_dict())
+        process = this_process()  # worker (host:pid) and PID namespace
+        # hosts joining one study may train on different backends: each trial says which
+        backend = keras.backend.backend()
+        run_id = self.tracker.start_trial(self.parent_run_id, trial.number, recipe.to_dict(),
+                                          tags={"worker": process[WORKER_ATTR],
+                                                "keras_backend": backend})
         trial.set_user_attr(RECIPE_ATTR, recipe.to_dict())
-        for key, value in this_process().items():  # worker and PID namespace
+        trial.set_user_attr(BACKEND_ATTR, backend)
+        for key, value in process.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("mlflow_run_id", run_id)
         if self.progress:

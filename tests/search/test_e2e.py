@@ -82,6 +82,11 @@ def test_study_records_one_parent_and_one_child_per_trial_in_mlflow(finished_stu
     assert len(children) == 4
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {outcome.parent_run_id}
     by_number = {int(r.data.tags["optuna.trial_number"]): r for r in children}
+    for number, run in by_number.items():  # which process and backend trained it
+        trial = outcome.study.trials[number]
+        assert run.data.tags["worker"] == trial.user_attrs["worker"]
+        assert run.data.tags["keras_backend"] == trial.user_attrs["regsearch.keras_backend"] \
+            == "tensorflow"
     expected = {0: "FINISHED", 1: "FINISHED", 2: "FINISHED", 3: "KILLED"}
     assert {n: r.info.status for n, r in by_number.items()} == expected
     assert by_number[3].data.tags["optuna.trial_state"] == "PRUNED"
