@@ -234,7 +234,7 @@ def main() -> None:
         return
     variants = [("a", ())] + [_parse_variant(v) for v in args.variant]
 
-    from benchmarks._common import machine, write_result
+    from benchmarks._common import machine
 
     started = time.perf_counter()
     arms: dict[str, dict[str, Any]] = {}  # per seed: "b", "c", and "a" by variant label
@@ -271,9 +271,7 @@ def main() -> None:
     }
     name = args.name or (f"efficiency-{args.study}" + ("-nodefaults" if args.no_defaults else "")
                          + ("" if set(args.arms) == set(ARMS) else "-" + "".join(args.arms)))
-    md = render(result) if result["runs"] else _partial(result)
-    print(md)
-    print(f"written: {write_result(name, result, md)}")
+    _write(name, result)
 
 
 def compare(arms: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -429,12 +427,114 @@ def render(result: dict[str, Any]) -> str:
     )
 
 
+def _per_seed(result: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Each seed's arms, ``{"b": ..., "c": ..., "a": {variant: ...}}`` (None where an arm is
+    missing), from the result's arms or, for results written before arms were kept, its runs."""
+    seeds: dict[int, dict[str, Any]] = {}
+    for seed, arm in result.get("arms", {}).items():
+        seeds[int(seed)] = {"b": arm.get("b"), "c": arm.get("c"), "a": dict(arm.get("a", {}))}
+    for run in result["runs"]:
+        entry = seeds.setdefault(run["seed"], {"b": None, "c": None, "a": {}})
+        entry["b"] = entry["b"] or run["random"]
+        entry["c"] = entry["c"] or run["keras_tuner"]
+        entry["a"].setdefault(run["variant"], run["regsearch"])
+    return dict(sorted(seeds.items()))
+
+
+def _best_so_far(timeline: list) -> tuple[list[float], list[float]]:
+    """Cumulative fit seconds and the best complete CV loss so far, trial by trial."""
+    xs, ys, spent, best = [0.0], [math.nan], 0.0, math.inf
+    for state, value, seconds in timeline:
+        spent += seconds
+        if state == "COMPLETE" and value is not None and value < best:
+            best = value
+        xs.append(spent)
+        ys.append(best if math.isfinite(best) else math.nan)
+    return xs, ys
+
+
+def plot(result: dict[str, Any], path: Any) -> None:
+    """One panel per seed: best CV loss so far against fit seconds, for (a) and (b), with
+    (c)'s re-scored best as a point at its seconds and target 1's line at (b)'s seconds / 5."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from matplotlib.ticker import FuncFormatter
+
+    seeds = _per_seed(result)
+    variants = list(dict.fromkeys(label for arm in seeds.values() for label in arm["a"]))
+    colors = {label: f"C{i}" for i, label in enumerate(variants)}  # the same in every panel
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    sparse = FuncFormatter(lambda value, _: f"{value:g}" if f"{value:e}"[0] in "235" else "")
+    cols = min(len(seeds), 3)
+    rows = math.ceil(len(seeds) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows + 0.6), squeeze=False)
+    for ax, (seed, arm) in zip(axes.flat, seeds.items()):
+        for label, a in arm["a"].items():
+            ax.step(*_best_so_far(a["timeline"]), where="post", lw=1.8, color=colors[label],
+                    label="(a) regsearch" + ("" if label == "a" else f" [{label}]"))
+        b = arm["b"]
+        if b is not None:
+            ax.step(*_best_so_far(b["timeline"]), where="post", lw=1.8, color="0.35",
+                    label="(b) random, no pruning")
+            ax.axhline(b["best_cv_val_loss"], color="0.35", ls=":", lw=1)
+            ax.axvline(b["fit_seconds"] / 5, color="tab:red", ls="--", lw=1,
+                       label="(b)'s seconds / 5 (target 1)")
+        c = arm["c"]
+        if c is not None:
+            ax.plot([c["fit_seconds"]], [c["best_cv_val_loss"]], marker="*", ms=13, ls="none",
+                    color="tab:purple", label="(c) KerasTuner Hyperband, re-scored")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(plain)
+        low, high = ax.get_ylim()
+        # within a few tenths every minor tick gets its number; over wider ranges only 2, 3, 5
+        ax.yaxis.set_minor_formatter(plain if high / low < 3 else sparse)
+        ax.set_title(f"seed {seed}")
+        ax.set_xlabel("fit seconds (GPU-seconds on a GPU)")
+        ax.set_ylabel("best CV loss so far")
+        ax.grid(alpha=0.3, which="both")
+    for ax in list(axes.flat)[len(seeds):]:
+        ax.set_visible(False)
+    legend: dict[str, Any] = {}  # every label once, from whichever panel has it
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=min(len(legend), 3),
+               frameon=False)
+    fig.suptitle(f"Search efficiency on `{result['study']}`: {result['trials']} trials, "
+                 f"{result['folds']} folds, {result['max_epochs']} epochs at most")
+    legend_rows = math.ceil(len(legend) / 3)
+    fig.tight_layout(rect=(0, (0.2 if rows == 1 else 0.1) * legend_rows / 2 + 0.03, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _write(name: str, result: dict[str, Any], folder: Any = None) -> None:
+    """Print and write the result's JSON (unless ``folder``: beside an existing one), Markdown
+    and plot."""
+    from pathlib import Path
+
+    from benchmarks._common import write_result
+
+    md = ((render(result) if result["runs"] else _partial(result))
+          + f"\n![best CV loss so far against fit seconds, by seed]({name}.png)\n")
+    print(md)
+    if folder is None:
+        path = write_result(name, result, md)
+    else:
+        path = Path(folder) / f"{name}.md"
+        path.write_text(md)
+    plot(result, path.with_suffix(".png"))
+    print(f"written: {path} and {path.with_suffix('.png').name}")
+
+
 def merge(paths: list[str], name: str) -> None:
     """Write one result holding the runs of several (same study, trials, folds, epochs)."""
     import json
     from pathlib import Path
 
-    from benchmarks._common import write_result
 
     parts = [json.loads(Path(p).read_text()) for p in paths]
     keys = ("study", "trials", "folds", "max_epochs", "overrides", "enqueue_defaults")
@@ -458,9 +558,7 @@ def merge(paths: list[str], name: str) -> None:
               "variants": {k: v for p in parts for k, v in p["variants"].items()},
               "arms": arms, "runs": legacy + compare(arms),
               "total_wall_seconds": sum(p["total_wall_seconds"] for p in parts)}
-    md = render(result) if result["runs"] else _partial(result)
-    print(md)
-    print(f"written: {write_result(name, result, md)}")
+    _write(name, result)
 
 
 def rerender(path: str) -> None:
@@ -469,10 +567,7 @@ def rerender(path: str) -> None:
     from pathlib import Path
 
     source = Path(path)
-    result = json.loads(source.read_text())
-    md = render(result) if result["runs"] else _partial(result)
-    source.with_suffix(".md").write_text(md)
-    print(md)
+    _write(source.stem, json.loads(source.read_text()), folder=source.parent)
 
 
 if __name__ == "__main__":
