@@ -460,7 +460,6 @@ def plot(result: dict[str, Any], path: Any) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import FuncFormatter
 
     seeds = _per_seed(result)

@@ -326,8 +326,61 @@ def main() -> None:
     result = {"command": cmd, "mode": where, "study": args.study, "trials": args.trials,
               "folds": args.folds, "max_epochs": args.epochs, "overrides": args.set,
               "rows": rows, "plain": plains, "total_wall_seconds": total, "machine": machine()}
+    name = f"throughput-{args.study}-{where}" + (f"-{args.backend}" if args.backend else "")
+    md += f"\n![images/s and share in fit by worker count]({name}.png)\n"
     print(md)
-    print(f"written: {write_result(f'throughput-{args.study}-{where}' + (f'-{args.backend}' if args.backend else ''), result, md)}")
+    path = write_result(name, result, md)
+    plot(result, path.with_suffix(".png"))
+    print(f"written: {path} and {path.with_suffix('.png').name}")
+
+
+TARGET_IMAGES_PER_SECOND = 200_000  # on one H100 (issue "Scale")
+
+
+def plot(result: dict, path: Path) -> None:
+    """Aggregate images/s and share of time in `fit` against workers, one line per precision;
+    dotted: 4x the plain process of the same precision; on a GPU, the 200,000 images/s target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (speed, share) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, precision in enumerate(dict.fromkeys(r["precision"] for r in result["rows"])):
+        rows = sorted((r for r in result["rows"] if r["precision"] == precision
+                       and r.get("images_per_second")), key=lambda r: r["workers"])
+        if not rows:
+            continue
+        workers = [r["workers"] for r in rows]
+        speed.plot(workers, [r["images_per_second"] for r in rows], marker="o", color=f"C{i}",
+                   label=precision)
+        share.plot(workers, [100 * r["fit_share"] for r in rows], marker="o", color=f"C{i}",
+                   label=precision)
+        plain = result["plain"].get(precision, {}).get("images_per_second")
+        if plain:
+            speed.axhline(4 * plain, color=f"C{i}", ls=":", lw=1,
+                          label=f"4x one plain Keras process ({precision})")
+    if result["mode"] == "gpu":
+        speed.axhline(TARGET_IMAGES_PER_SECOND, color="tab:red", ls="--", lw=1,
+                      label="target: 200,000 images/s")
+    for ax in (speed, share):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({r["workers"] for r in result["rows"]}))
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel("worker processes" + (" on one GPU" if result["mode"] == "gpu" else ""))
+        ax.grid(alpha=0.3)
+    speed.set_ylabel("training images/s, whole run")
+    speed.set_ylim(bottom=0)
+    speed.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    speed.legend(fontsize=8)
+    share.set_ylabel("time inside Keras fit (%)")
+    share.set_ylim(0, 100)
+    fig.suptitle(f"Throughput of a `{result['study']}` study ({result['mode'].upper()}): "
+                 f"{result['trials']} trials, {result['folds']} folds x {result['max_epochs']} "
+                 f"epochs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
