@@ -12,22 +12,34 @@ from sqlalchemy.exc import OperationalError
 from search.stores import check_tracking_server, store_error
 
 
-@pytest.fixture
-def http_server():
-    """A real HTTP server on loopback that answers 200 on /health and 404 elsewhere."""
+def _serve(answer):  # noqa: ANN001
+    """A real HTTP server on loopback whose GET and POST requests ``answer(handler)`` handles;
+    yields its port, then shuts it down."""
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
-            self.send_response(200 if self.path == "/health" else 404)
-            self.end_headers()
-            self.wfile.write(b"OK")
+            answer(self)
+
+        do_POST = do_GET
 
         def log_message(self, *args) -> None:  # quiet
             pass
 
     server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    yield server.server_address[1]
     server.shutdown()
+
+
+@pytest.fixture
+def http_server():
+    """A real HTTP server on loopback that answers 200 on /health and 404 elsewhere."""
+    def answer(request) -> None:  # noqa: ANN001
+        request.send_response(200 if request.path == "/health" else 404)
+        request.end_headers()
+        request.wfile.write(b"OK")
+
+    for port in _serve(answer):
+        yield f"http://127.0.0.1:{port}"
 
 
 def _closed_port() -> int:
@@ -101,32 +113,23 @@ def test_processes_opening_fresh_sqlite_stores_together_all_succeed(tmp_path) ->
 def guarded_server():
     """A real HTTP server that answers /health and turns every API call away: 401 with a
     proxy's HTML page on /a/..., 403 with MLflow's JSON error on /b/..."""
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def answer(self) -> None:  # noqa: D401
-            if self.path.endswith("/health"):
-                self.send_response(200)
-                self.end_headers()
-                return
-            if self.path.startswith("/a/"):
-                self.send_response(401)
-                self.send_header("WWW-Authenticate", 'Basic realm="mlflow"')
-                self.end_headers()
-                self.wfile.write(b"<html>401 Authorization Required</html>")
-            else:
-                self.send_response(403)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(b'{"error_code": "PERMISSION_DENIED", "message": "no"}')
+    def answer(request) -> None:  # noqa: ANN001
+        if request.path.endswith("/health"):
+            request.send_response(200)
+            request.end_headers()
+        elif request.path.startswith("/a/"):
+            request.send_response(401)
+            request.send_header("WWW-Authenticate", 'Basic realm="mlflow"')
+            request.end_headers()
+            request.wfile.write(b"<html>401 Authorization Required</html>")
+        else:
+            request.send_response(403)
+            request.send_header("Content-Type", "application/json")
+            request.end_headers()
+            request.wfile.write(b'{"error_code": "PERMISSION_DENIED", "message": "no"}')
 
-        do_GET = do_POST = answer
-
-        def log_message(self, *args) -> None:  # quiet
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://bob:s3cret@127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    for port in _serve(answer):
+        yield f"http://bob:s3cret@127.0.0.1:{port}"
 
 
 @pytest.mark.parametrize("prefix,status,words", [("/a", 401, "did not accept the credentials"),
