@@ -534,7 +534,6 @@ def merge(paths: list[str], name: str) -> None:
     import json
     from pathlib import Path
 
-
     parts = [json.loads(Path(p).read_text()) for p in paths]
     keys = ("study", "trials", "folds", "max_epochs", "overrides", "enqueue_defaults")
     for part in parts[1:]:

@@ -11,7 +11,11 @@ from typing import Sequence
 from spaces import PRUNERS, SAMPLERS, builtin_studies
 
 EXIT_USAGE = 2
-BACKENDS = ("jax", "tensorflow", "torch")
+# The module each backend needs, and how to install it.
+_BACKEND_INSTALL = {"jax": ("jax", 'pip install -e ".[jax]"'),
+                    "tensorflow": ("tensorflow", 'pip install -e ".[tensorflow]"'),
+                    "torch": ("torch", 'pip install -e ".[torch]"')}
+BACKENDS = tuple(_BACKEND_INSTALL)
 # Options that only the launching process acts on; its workers get the rest.
 _LAUNCHER_ONLY = {"--fresh": 0, "--baselines": 1, "--gpus": 1, "--workers-per-gpu": 1}
 
@@ -64,12 +68,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-# The module each backend needs, and how to install it.
-_BACKEND_INSTALL = {"jax": ("jax", 'pip install -e ".[jax]"'),
-                    "tensorflow": ("tensorflow", 'pip install -e ".[tensorflow]"'),
-                    "torch": ("torch", 'pip install -e ".[torch]"')}
-
-
 def check_backend(chosen: str | None) -> str:
     """Return the Keras backend this run will use; refuse one that is unknown or not installed.
 
@@ -101,7 +99,8 @@ def check_backend(chosen: str | None) -> str:
     if name not in installed:
         module, install = _BACKEND_INSTALL[name]
         raise ValueError(f"Keras backend {name!r} (from {source}) is not installed: no module "
-                         f"{module!r}; `{install}` in regsearch's folder, or choose an installed one with --backend "
+                         f"{module!r}; `{install}` in regsearch's folder, or choose an "
+                         f"installed one with --backend "
                          f"({', '.join(installed) or 'none is installed'}).")
     return name
 

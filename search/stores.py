@@ -74,8 +74,7 @@ def store_error(option: str, url: str, exc: BaseException) -> ValueError | None:
         return ValueError(f"{shown}: not a store URL that can be opened; expected "
                           f"{EXAMPLES.get(option, 'a database URL')}.")
     if isinstance(exc, OperationalError):
-        reason = hide_password(str(getattr(exc, "orig", None) or exc).strip().splitlines()[0], url)
-        return ValueError(f"{shown}: cannot open the database: {reason}")
+        return ValueError(f"{shown}: cannot open the database: {_driver_line(exc, url)}")
     refused = _refused_status(exc)
     if refused is not None:
         what = ("did not accept the credentials" if refused == 401 else
@@ -85,6 +84,11 @@ def store_error(option: str, url: str, exc: BaseException) -> ValueError | None:
             f"as http://user:password@host or in MLFLOW_TRACKING_USERNAME and "
             f"MLFLOW_TRACKING_PASSWORD (or a token in MLFLOW_TRACKING_TOKEN).")
     return None
+
+
+def _driver_line(exc: BaseException, url: str) -> str:
+    """The first line of a database driver's message (SQLAlchemy's ``orig``), password hidden."""
+    return hide_password(str(getattr(exc, "orig", None) or exc).strip().splitlines()[0], url)
 
 
 def _refused_status(exc: BaseException) -> int | None:
@@ -153,10 +157,10 @@ def lost_cause(exc: BaseException, uri: str) -> str | None:
                              and e.strerror), None)
             return (os_error.strerror if os_error is not None else type(error).__name__).lower()
         if isinstance(error, OperationalError):
-            first = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+            first = _driver_line(error, uri)
             # the server or the file is gone; "database is locked" and the like are not that
             if any(word in first.lower() for word in _GONE):
-                return hide_password(first, uri)
+                return first
     return None
 
 

@@ -18,6 +18,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from search.redact import redact_url
+from search.study import INTERRUPTED_ATTR
 
 PARENT_TAG = "mlflow.parentRunId"
 ROLE_TAG = "regsearch.role"
@@ -243,7 +244,7 @@ class Tracker:
             trial = finished.get(run.info.run_id)
             if trial is None:
                 continue
-            state = "INTERRUPTED" if trial.user_attrs.get("interrupted") else trial.state.name
+            state = "INTERRUPTED" if trial.user_attrs.get(INTERRUPTED_ATTR) else trial.state.name
             self.finish_trial(run.info.run_id, state, reason=trial.user_attrs.get("fail_reason"))
             closed.append(trial.number)
         return sorted(closed)

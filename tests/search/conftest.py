@@ -38,7 +38,6 @@ def postgres() -> PostgresURLs:
         server.stop()
 
 
-
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory) -> str:
     """A real ``mlflow server`` on 127.0.0.1 (SQLite runs, artifacts served); its URL."""

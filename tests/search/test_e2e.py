@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -19,7 +18,7 @@ from search.config import build_config
 from search.export import export
 from search.study import open_study
 from spaces import values_from_params
-from tests.search.running import trial_is_training
+from tests.search.running import LONG_TRIALS, start_training, with_trials
 
 pytestmark = pytest.mark.slow
 
@@ -149,28 +148,12 @@ def test_rerun_resumes_the_study_and_counts_the_budget_across_runs(finished_stud
 
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-# patience as long as the epoch budget: no early stopping, so the first trial is still
-# training when the signal comes, however slow or fast the machine
-LONG_TRIALS = [sys.executable, "-m", "search.run", "--study", "digits", "--trials", "2",
-               "--epochs", "25", "--folds", "2", "--no-progress",
-               "--set", "space.patience={type: int, low: 25, high: 25, default: 25}"]
 
 
 def _start_training(tmp_path: Path) -> tuple[subprocess.Popen, str]:
     """Start `LONG_TRIALS`; return the process and its storage once a trial has an epoch."""
-    # A shell's background job inherits SIGINT ignored (and Python then keeps it ignored);
-    # give the child the default disposition, as a terminal's Ctrl-C would find it.
-    proc = subprocess.Popen(LONG_TRIALS, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     storage = f"sqlite:///{tmp_path}/mlruns/optuna.db"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        if trial_is_training(storage):
-            return proc, storage
-    proc.kill()
-    pytest.fail("no trial started training within 120 s:\n" + proc.communicate()[0])
+    return start_training(LONG_TRIALS, cwd=tmp_path, env=ENV, storage=storage), storage
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
@@ -195,7 +178,7 @@ def test_ctrl_c_or_sigterm_ends_the_trial_cleanly_and_a_rerun_resumes(
     if sig == signal.SIGTERM:
         return  # resuming after an interruption is the same either way: checked once
 
-    rerun = subprocess.run(LONG_TRIALS[:6] + ["1"] + LONG_TRIALS[7:], cwd=tmp_path, env=ENV,
+    rerun = subprocess.run(with_trials(LONG_TRIALS, 1), cwd=tmp_path, env=ENV,
                            capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     # the default store's UI command, as the README gives it, ends the output

@@ -24,6 +24,7 @@ from search.launch import (
     process_gone,
 )
 from search.run import _worker_argv
+from tests.search.running import training_trials
 
 
 @pytest.mark.parametrize("gpus,per_gpu,expected", [("0,1", 1, 2), ("3", 4, 4), ("0,1,2", 2, 6)])
@@ -199,12 +200,7 @@ def _training(proc: subprocess.Popen, storage: str, timeout: float = 300) -> lis
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        try:
-            study = optuna.load_study(study_name="digits", storage=storage)
-            running = [t for t in study.get_trials() if t.state == TrialState.RUNNING
-                       and t.intermediate_values and "worker" in t.user_attrs]
-        except Exception:
-            continue
+        running = [t for t in training_trials(storage) if "worker" in t.user_attrs]
         if running:
             return running
     proc.kill()

@@ -23,7 +23,7 @@ from mlflow.entities import ViewType
 from optuna.trial import TrialState
 
 from search.redact import redact_url
-from tests.search.running import trial_is_training
+from tests.search.running import LONG_TRIALS, start_training
 
 pytestmark = pytest.mark.slow
 
@@ -187,17 +187,9 @@ def test_a_storage_lost_mid_study_stops_the_run_with_one_line(tmp_path: Path) ->
     except Unavailable as exc:
         pytest.skip(f"PostgreSQL unavailable: {exc}")
     storage = server.url("optuna")
-    # patience as long as the epochs: the first trial is still training when the server goes
-    command = [sys.executable, "-m", "search.run", "--study", "digits", "--trials", "2",
-               "--epochs", "25", "--folds", "2", "--no-progress", "--storage", storage,
-               "--set", "space.patience={type: int, low: 25, high: 25, default: 25}"]
     try:
-        proc = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 120
-        while not trial_is_training(storage):
-            assert time.monotonic() < deadline and proc.poll() is None, "no trial started"
-            time.sleep(0.5)
+        proc = start_training(LONG_TRIALS + ["--storage", storage], cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, storage=storage)
     finally:
         server.stop()
     output = proc.communicate(timeout=300)[0]
@@ -208,4 +200,3 @@ def test_a_storage_lost_mid_study_stops_the_run_with_one_line(tmp_path: Path) ->
     assert last.startswith(f"error: the Optuna storage {redact_url(storage)} stopped answering "
                            f"(connection to server at \"127.0.0.1\", port {server.port} failed")
     assert last.endswith("run the same command again once it answers")
-

@@ -12,7 +12,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +24,7 @@ from optuna.trial import TrialState
 from search.stores import lost_cause
 from search.tracking import ROLE_TAG, Tracker
 from tests.search.mlflow_server import MlflowServer
-from tests.search.running import trial_is_training
+from tests.search.running import LONG_TRIALS, start_training, with_trials
 
 PASSWORD = "pw-9f3k"
 
@@ -78,19 +77,10 @@ def test_mlflow_lost_mid_study_stops_the_run_and_the_rerun_closes_the_trials_run
     (tmp_path / "server").mkdir()
     server.start()
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    # patience as long as the epochs: the first trial is still training when the server goes
-    command = [sys.executable, "-m", "search.run", "--study", "digits", "--trials", "2",
-               "--epochs", "25", "--folds", "2", "--no-progress", "--storage", storage,
-               "--tracking-uri", server.url,
-               "--set", "space.patience={type: int, low: 25, high: 25, default: 25}"]
+    command = LONG_TRIALS + ["--storage", storage, "--tracking-uri", server.url]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
     try:
-        proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 120
-        while not trial_is_training(storage):
-            assert time.monotonic() < deadline and proc.poll() is None, "no trial started"
-            time.sleep(0.5)
+        proc = start_training(command, cwd=tmp_path, env=env, storage=storage)
         server.stop()
         output = proc.communicate(timeout=300)[0]
         assert proc.returncode == 75, output
@@ -103,7 +93,7 @@ def test_mlflow_lost_mid_study_stops_the_run_and_the_rerun_closes_the_trials_run
         assert trial.state == TrialState.FAIL and trial.user_attrs["interrupted"] is True
 
         server.start()
-        rerun = subprocess.run(command[:6] + ["1"] + command[7:], cwd=tmp_path, env=env,
+        rerun = subprocess.run(with_trials(command, 1), cwd=tmp_path, env=env,
                                capture_output=True, text=True, timeout=300)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         assert "trial(s) [0] ended while MLflow was out of reach" in rerun.stderr
@@ -117,7 +107,6 @@ def test_mlflow_lost_mid_study_stops_the_run_and_the_rerun_closes_the_trials_run
     lost = next(r for r in runs if r.data.tags.get("optuna.trial_number") == "0")
     assert lost.info.status == "KILLED"
     assert "stopped answering (connection refused)" in lost.data.tags["fail_reason"]
-
 
 
 def test_only_a_store_out_of_reach_counts_as_lost() -> None:
