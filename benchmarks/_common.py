@@ -68,7 +68,7 @@ def trial_overheads(trials: list) -> dict[str, float | None]:
     after a worker's first trial, which pays the worker's one compilation);
     ``later_folds_first_step_seconds``: the same from each later fold's start.
     """
-    from search.launch import WORKER_ATTR
+    from search.names import WORKER_ATTR
 
     by_worker: dict[str, list] = {}
     for t in sorted(trials, key=lambda t: t.number):

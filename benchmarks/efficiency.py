@@ -110,20 +110,18 @@ def _keras_tuner(args: argparse.Namespace, seed: int) -> dict[str, Any]:
 
     from search.config import build_config
     from search.datasets import load_data
-    from search.driver import _set_precision, model_builder
-    from search.worker import make_recipe
+    from search.recording import make_recipe
+    from search.training import prepare_training
     from spaces import to_keras_tuner, values_from_keras_tuner
     from trainers.fit import CROSS_ENTROPY, compile_model, cross_validate, resolve_class_weight
-    from trainers.kfold import stratified_folds
+    from trainers.regularization import early_stopping
 
     config = build_config(args.study, max_epochs=args.epochs, n_folds=args.folds, seed=seed,
                           overrides=args.set)
-    _set_precision(config.precision)
     data = load_data(config.spec.data, where=str(config.spec.path), seed=config.seed,
                      data_dir=args.data_dir, progress=False)
-    build = model_builder(config, data)
-    folds = stratified_folds(data.train.y, config.n_folds, config.seed)
-    weights = "balanced" if data.class_weights else None
+    training = prepare_training(config, data)  # the study's own builder, folds, class weight
+    build, folds, weights = training.build, training.folds, training.class_weight
     space = config.spec.space
     train, val = data.train.subset(folds[0].train), data.train.subset(folds[0].val)
     train_weights = resolve_class_weight(weights, train)  # from fold 0's training part, as (a)
@@ -144,9 +142,7 @@ def _keras_tuner(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         def fit(self, hp, model, *fit_args, **kwargs):  # noqa: ANN001, ANN201
             recipe = make_recipe(config, values_from_keras_tuner(space, hp))
             callbacks = list(kwargs.pop("callbacks", []))
-            callbacks += [CountEpochs(), keras.callbacks.EarlyStopping(
-                monitor=f"val_{CROSS_ENTROPY}", patience=recipe.patience,
-                restore_best_weights=True)]
+            callbacks += [CountEpochs(), early_stopping(recipe)]
             kwargs.setdefault("batch_size", recipe.batch_size)
             start = time.perf_counter()
             try:

@@ -38,6 +38,8 @@ def _run_args(args: argparse.Namespace) -> list[str]:
 def search(args: argparse.Namespace) -> None:
     import optuna
 
+    from search.names import PARENT_RUN_ATTR
+
     Path(args.root).mkdir(parents=True, exist_ok=True)
     base = _run_args(args)
     logs = [open(Path(args.root) / f"worker{i}.log", "a") for i in range(args.workers)]
@@ -51,7 +53,7 @@ def search(args: argparse.Namespace) -> None:
         time.sleep(2)
         try:
             study = optuna.load_study(study_name=args.study, storage=storage)
-            if "regsearch.mlflow_parent_run_id" in study.user_attrs:
+            if PARENT_RUN_ATTR in study.user_attrs:
                 break
         except Exception:
             pass
@@ -72,8 +74,7 @@ def report(args: argparse.Namespace) -> None:
     from optuna.trial import TrialState
 
     from benchmarks._common import machine, machine_table, trial_overheads, write_result
-    from search.baselines import BASELINES_ATTR
-    from search.report import HELDOUT_ATTR
+    from search.names import BASELINES_ATTR, DATA_ATTR, HELDOUT_ATTR
 
     start = time.perf_counter()
     if not args.summarize_only:
@@ -91,7 +92,7 @@ def report(args: argparse.Namespace) -> None:
     trials = study.get_trials(deepcopy=False)
     baselines = study.user_attrs.get(BASELINES_ATTR, {})
     heldout = study.user_attrs.get(HELDOUT_ATTR, {})
-    data = study.user_attrs.get("regsearch.data", {})
+    data = study.user_attrs.get(DATA_ATTR, {})
     fold_images = data.get("n_train", 0) * (args.folds - 1) / args.folds
     epochs = (sum(t.user_attrs.get("epochs_trained", 0) for t in trials)
               + sum(b.get("epochs_trained", 0) for b in baselines.values()))

@@ -87,7 +87,7 @@ def _study_run(args: argparse.Namespace, workers: int, precision: str, gpu: bool
 
     from benchmarks._common import trial_overheads
     from search.config import build_config
-    from search.recipe_file import DATA_ATTR
+    from search.names import DATA_ATTR
 
     name = build_config(args.study, overrides=args.set).name
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,12 +138,14 @@ def _failed_epochs(trials: list, tracking_uri: str, n_folds: int) -> int:
     """
     from mlflow.tracking import MlflowClient
 
+    from search.names import RUN_ID_ATTR
+
     client, total = MlflowClient(tracking_uri), 0
     for t in trials:
-        if t.state.name != "FAIL" or "mlflow_run_id" not in t.user_attrs:
+        if t.state.name != "FAIL" or RUN_ID_ATTR not in t.user_attrs:
             continue
         for k in range(n_folds):
-            total += len(client.get_metric_history(t.user_attrs["mlflow_run_id"],
+            total += len(client.get_metric_history(t.user_attrs[RUN_ID_ATTR],
                                                    f"fold_{k}/val_loss"))
     return total
 
@@ -175,23 +177,21 @@ def plain_keras(args: argparse.Namespace) -> dict[str, Any]:
 
     from search.config import build_config
     from search.datasets import load_data
-    from search.driver import model_builder
-    from search.worker import make_recipe
+    from search.recording import make_recipe
+    from search.training import prepare_training
     from trainers.fit import compile_model
-    from trainers.kfold import stratified_folds
 
-    if precision == "bfloat16":
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
     config = build_config(args.study, max_epochs=args.epochs, n_folds=args.folds,
-                          seed=args.seed, overrides=args.set)
+                          seed=args.seed, overrides=args.set).replace(precision=precision)
     data = load_data(config.spec.data, where=str(config.spec.path), seed=config.seed,
                      data_dir=args.data_dir, progress=False)
+    training = prepare_training(config, data)  # sets the precision, as a study does
     recipe = make_recipe(config, config.spec.space.defaults())
-    fold = stratified_folds(data.train.y, config.n_folds, config.seed)[0]
+    fold = training.folds[0]
     train, val = data.train.subset(fold.train), data.train.subset(fold.val)
     epochs = args.trials * config.n_folds * config.max_epochs
     keras.utils.set_random_seed(config.seed)
-    model = compile_model(model_builder(config, data)(recipe), recipe)
+    model = compile_model(training.build(recipe), recipe)
     ends: list[float] = []
 
     class Clock(keras.callbacks.Callback):
@@ -241,7 +241,7 @@ def main() -> None:
     if args.mode == "auto":
         import shutil
 
-        from search.launch import visible_gpus
+        from search.gpus import visible_gpus
 
         gpu = shutil.which("nvidia-smi") is not None and bool(visible_gpus())
     else:

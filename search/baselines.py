@@ -4,14 +4,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from search.names import (
+    BASELINE_TAG,
+    BASELINES_ATTR,
+    BEST_EPOCHS_ATTR,
+    FAIL_REASON_ATTR,
+    RUN_ID_ATTR,
+    RUNNING_IN_KEY,
+)
+from search.liveness import killed_reason, process_gone, this_process
+from search.progress import StudyProgress, job
+from search.recording import make_recipe, start_run, train_recorded
+
 if TYPE_CHECKING:
-    from search.progress import StudyProgress
     from search.tracking import Tracker
     from trainers.fit import ClassWeight
 
-BASELINES_ATTR = "regsearch.baselines"
-# in a baseline's stored outcome while it trains: the process training it (`this_process`)
-RUNNING_KEY = "running_in"
 # The hand-picked recipes of the reference report (DESIGN.md). Each starts from "no
 # regularization" and the study's fixed settings; patience is the study's default, so the
 # baselines get the same early stopping (best weights restored) as the searched trials. The
@@ -35,8 +43,6 @@ def baseline_recipes(config: Any, set_name: str) -> dict[str, Any]:
     Raises:
         ValueError: unknown set name (the message lists the known ones).
     """
-    from search.worker import make_recipe
-
     if set_name not in BASELINE_SETS:
         raise ValueError(f"--baselines {set_name!r} is not known; known sets: "
                          f"{', '.join(BASELINE_SETS)}.")
@@ -49,7 +55,7 @@ def baseline_recipes(config: Any, set_name: str) -> dict[str, Any]:
 def run_baselines(study: Any, config: Any, recipes: dict[str, Any], *, data: Any, folds: Any,
                   models: Any, tracker: "Tracker", parent_run_id: str, console: Any = None,
                   class_weight: "ClassWeight" = None,
-                  progress: "StudyProgress | None" = None) -> dict[str, dict[str, Any]]:
+                  progress: StudyProgress | None = None) -> dict[str, dict[str, Any]]:
     """Cross-validate each baseline once per study (a resumed study skips those already done).
 
     Each baseline is an MLflow child run tagged ``baseline=<name>`` with the same metrics as a
@@ -60,50 +66,41 @@ def run_baselines(study: Any, config: Any, recipes: dict[str, Any], *, data: Any
         ``{name: outcome}``; an outcome has the recipe, ``cv_val_loss`` and friends, or
         ``fail_reason``.
     """
-    from search.launch import killed_reason, process_gone, this_process
-    from search.progress import job
-    from search.worker import fold_curves, interrupted_reason, summarize
+    # Keras: `search.config` reads this module's sets before the CLI may start it
     from trainers.fit import TrainingFailed, cross_validate
 
     done: dict[str, dict[str, Any]] = dict(study.user_attrs.get(BASELINES_ATTR, {}))
     for name, recipe in recipes.items():
         previous = done.pop(name, None)
-        if previous is not None and RUNNING_KEY not in previous \
+        if previous is not None and RUNNING_IN_KEY not in previous \
                 and previous.get("recipe") == recipe.to_dict():
             done[name] = previous
             continue
-        if previous is not None and process_gone(previous.get(RUNNING_KEY, {})):
+        if previous is not None and process_gone(previous.get(RUNNING_IN_KEY, {})):
             # its process was killed outright: close the run it left RUNNING, train it again
-            tracker.finish_trial(previous["mlflow_run_id"], "FAIL",
-                                 reason=killed_reason(previous[RUNNING_KEY]))
-        run_id = tracker.start_trial(parent_run_id, -1, recipe.to_dict(),
-                                     tags={"baseline": name, "regsearch.role": "baseline"},
-                                     run_name=f"baseline-{name}")
-        outcome: dict[str, Any] = {"recipe": recipe.to_dict(), "mlflow_run_id": run_id}
+            tracker.finish_run(previous[RUN_ID_ATTR], "FAIL",
+                               reason=killed_reason(previous[RUNNING_IN_KEY]))
+        run_id = start_run(tracker, parent_run_id, recipe, name=f"baseline-{name}",
+                           role="baseline", tags={BASELINE_TAG: name})
+        outcome: dict[str, Any] = {"recipe": recipe.to_dict(), RUN_ID_ATTR: run_id}
         study.set_user_attr(BASELINES_ATTR,
-                            {**done, name: {**outcome, RUNNING_KEY: this_process()}})
+                            {**done, name: {**outcome, RUNNING_IN_KEY: this_process()}})
         with job(progress, f"baseline {name}") as hooks:
             try:
-                result = cross_validate(
+                result, summary = train_recorded(tracker, run_id, lambda on_fold: cross_validate(
                     data, folds, recipe, models, seed=config.seed, class_weight=class_weight,
-                    on_fold=lambda f: tracker.log_fold(run_id, f.fold, fold_curves(f)), **hooks,
-                )
+                    on_fold=on_fold, **hooks))
             except TrainingFailed as exc:
-                outcome["fail_reason"] = str(exc)
-                tracker.finish_trial(run_id, "FAIL", reason=str(exc))
-            except KeyboardInterrupt as exc:
-                tracker.finish_trial(run_id, "INTERRUPTED", reason=interrupted_reason(exc))
+                outcome[FAIL_REASON_ATTR] = str(exc)
+            except KeyboardInterrupt:
                 study.set_user_attr(BASELINES_ATTR, done)  # closed: nothing left to clean up
                 raise
             else:
-                summary = summarize(result)
-                outcome.update(summary, best_epochs=[f.best_epoch for f in result.folds])
-                tracker.log_metrics(run_id, summary)
-                tracker.finish_trial(run_id, "COMPLETE")
+                outcome.update(summary, **{BEST_EPOCHS_ATTR: [f.best_epoch for f in result.folds]})
         done[name] = outcome
         study.set_user_attr(BASELINES_ATTR, done)
         if console is not None:
             shown = (f"cv val_loss {outcome['cv_val_loss']:.4f}" if "cv_val_loss" in outcome
-                     else f"failed ({outcome['fail_reason']})")
+                     else f"failed ({outcome[FAIL_REASON_ATTR]})")
             console.print(f"baseline {name}: {shown}", highlight=False)
     return {name: done[name] for name in recipes}

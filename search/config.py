@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from search.baselines import BASELINE_SETS
 from spaces import StudySpec, check_choice, check_float, check_int, load_study
 from spaces.load import PRUNERS, SAMPLERS
 
@@ -88,8 +89,6 @@ class StudyConfig:
         check_int("--seed", self.seed, low=0)
         check_choice("--precision", self.precision, PRECISIONS)
         if self.baselines is not None:
-            from search.baselines import BASELINE_SETS
-
             check_choice("--baselines", self.baselines, tuple(BASELINE_SETS))
         if self.timeout is not None:
             check_float("--timeout", self.timeout, low=0.0, low_open=True)

@@ -17,15 +17,28 @@ from rich.console import Console
 
 from search.config import StudyConfig, user_input
 from search.datasets import StudyData, load_data
-from search.launch import WORKER_ATTR
+from search.launch import start_workers, supervise
+from search.liveness import fail_orphaned_trials, fail_trials_of
+from search.mlflow_tracker import MlflowTracker
+from search.names import (
+    BACKEND_ATTR,
+    BEST_EPOCHS_ATTR,
+    DATA_ATTR,
+    PARENT_RUN_ATTR,
+    RECIPE_ATTR,
+    STORAGE_TAG,
+    WORKER_ATTR,
+)
 from search.plots import save_study_plots
 from search.progress import StudyProgress, best_trials_table
-from search.recipe_file import BACKEND_ATTR, DATA_ATTR, RECIPE_ATTR, recipe_document, write_recipe
+from search.recipe_file import recipe_document, write_recipe
+from search.recording import close_runs_left_running, close_trial_run
 from search.redact import redact_url
 from search.stores import EXIT_STORE_LOST
-from search.study import PARENT_RUN_ATTR, count_trials, open_study, quiet_optuna
+from search.study import STALE_REASON, count_trials, open_study, quiet_optuna
 from search.tracking import Tracker
-from search.worker import Objective, announce, make_recipe, run_trials
+from search.training import Training, prepare_training
+from search.worker import Objective, announce, run_trials
 
 
 @dataclass(frozen=True)
@@ -46,9 +59,7 @@ class _Session:
     study: optuna.Study
     tracker: Tracker
     parent: str
-    models: Any  # trainers.reuse.Models: what every trial trains
-    folds: list
-    class_weight: str | None  # "balanced": from the labels each model trains on
+    training: Training  # what every trial trains: models, folds, class weight
     orphans: list[int]  # trials of killed processes, failed and queued again on opening
     unclosed: list[int]  # trials whose MLflow runs were left RUNNING (MLflow was out of reach)
 
@@ -56,7 +67,6 @@ class _Session:
 def _open_session(config: StudyConfig, *, data_dir: str | None, progress: bool,
                   worker: int = 0) -> _Session:
     quiet_optuna()
-    _set_precision(config.precision)
     with user_input():  # the data, the stores, the model options: the user's to fix
         from trainers.models import check_model_name
 
@@ -64,34 +74,24 @@ def _open_session(config: StudyConfig, *, data_dir: str | None, progress: bool,
         check_model_name(config.spec.model["name"])
         data = load_data(config.spec.data, where=str(config.spec.path), seed=config.seed,
                          data_dir=data_dir, progress=progress)
-        study = open_study(config, create=worker == 0)
-        tracker = Tracker(config.tracking_uri)
+        study = open_study(config, create=worker == 0, on_stale=functools.partial(
+            _close_stale_run, config.tracking_uri))
+        tracker = MlflowTracker(config.tracking_uri)
     orphans = _fail_stale(study, tracker)
-    unclosed = tracker.close_runs_of_finished_trials(study)
+    unclosed = close_runs_left_running(tracker, study)
     parent = _agree_on_parent(study, config, tracker)
     study.set_user_attr(DATA_ATTR, {**data.describe(), "augment_preset": data.augment_preset})
     import keras
 
     study.set_user_attr(BACKEND_ATTR, keras.backend.backend())
     with user_input():
-        build = model_builder(config, data)
-        build(make_recipe(config, config.spec.space.defaults()))  # bad model options fail here
-        models = make_models(config, build)
-
-    from trainers.kfold import stratified_folds
-
-    folds = stratified_folds(data.train.y, config.n_folds, config.seed)
-    class_weight = "balanced" if data.class_weights else None
-    return _Session(data, study, tracker, parent, models, folds, class_weight, orphans,
-                    unclosed)
+        training = prepare_training(config, data)
+    return _Session(data, study, tracker, parent, training, orphans, unclosed)
 
 
-def _set_precision(precision: str) -> None:
-    if precision == "bfloat16":
-        import keras
-
-        # bfloat16 compute, float32 weights; every model's softmax layer stays float32
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+def _close_stale_run(tracking_uri: str, trial: optuna.trial.FrozenTrial) -> None:
+    """Close the MLflow run of a trial the heartbeat found stale (`search.study.open_storage`)."""
+    close_trial_run(MlflowTracker(tracking_uri), trial, reason=STALE_REASON)
 
 
 def _fail_stale(study: optuna.Study, tracker: Tracker) -> list[int]:
@@ -102,10 +102,8 @@ def _fail_stale(study: optuna.Study, tracker: Tracker) -> list[int]:
     whose process on this host no longer runs is failed at once, heartbeat or not, and like
     the heartbeat path its MLflow run is closed and its recipe queued once more.
     """
-    from search.launch import fail_orphaned_trials
-
     optuna.storages.fail_stale_trials(study)
-    return fail_orphaned_trials(study, on_failed=tracker.close_failed_trial)
+    return fail_orphaned_trials(study, on_failed=functools.partial(close_trial_run, tracker))
 
 
 def _agree_on_parent(study: optuna.Study, config: StudyConfig, tracker: Tracker) -> str:
@@ -114,7 +112,7 @@ def _agree_on_parent(study: optuna.Study, config: StudyConfig, tracker: Tracker)
     Two workers on different hosts may both find no parent and create one. Each records its
     own, waits, and reads back which was recorded last; the loser deletes its run and joins.
     """
-    tags = {"optuna.storage": redact_url(config.storage), "sampler": config.sampler,
+    tags = {STORAGE_TAG: redact_url(config.storage), "sampler": config.sampler,
             "pruner": config.pruner, "precision": config.precision}
     known = study.user_attrs.get(PARENT_RUN_ATTR)
     parent = tracker.open_parent(config.name, config.settings(), run_id=known, tags=tags)
@@ -123,8 +121,7 @@ def _agree_on_parent(study: optuna.Study, config: StudyConfig, tracker: Tracker)
         time.sleep(_AGREE_SECONDS)
         winner = study.user_attrs.get(PARENT_RUN_ATTR)
         if winner != parent:
-            tracker.finish_parent(parent, status="KILLED")
-            tracker.client.delete_run(parent)
+            tracker.discard_parent(parent)
             return tracker.open_parent(config.name, config.settings(), run_id=winner, tags=tags)
         tracker.log_dict(parent, config.spec.space.to_dict(), "space.json")
     return parent
@@ -162,7 +159,7 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
     again resumes.
 
     Args:
-        plan: a `search.launch.WorkerPlan`; with more than one worker, ``worker_argv`` (the
+        plan: a `search.gpus.WorkerPlan`; with more than one worker, ``worker_argv`` (the
             command line's arguments) starts each worker.
 
     Raises:
@@ -185,9 +182,9 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
             try:
                 baselines = run_baselines(
                     study, config, baseline_recipes(config, config.baselines),
-                    data=session.data.train, folds=session.folds, models=session.models,
-                    tracker=tracker, parent_run_id=parent, console=console,
-                    class_weight=session.class_weight, progress=bars,
+                    data=session.data.train, folds=session.training.folds,
+                    models=session.training.models, tracker=tracker, parent_run_id=parent,
+                    console=console, class_weight=session.training.class_weight, progress=bars,
                 )
             except KeyboardInterrupt:
                 interrupted = True
@@ -196,8 +193,9 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
         elif n_workers > 1:
             interrupted = _run_workers(study, tracker, plan, worker_argv or [], bars, console)
         else:
-            objective = Objective(config, session.data.train, session.folds, session.models,
-                                  tracker, parent, progress=bars, class_weight=session.class_weight)
+            objective = Objective(config, session.data.train, session.training.folds,
+                                  session.training.models, tracker, parent, progress=bars,
+                                  class_weight=session.training.class_weight)
             try:
                 run_trials(study, objective, n_trials=config.n_trials, timeout=config.timeout)
             except KeyboardInterrupt:
@@ -206,8 +204,8 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
         print_best(study, config, console)
         if not interrupted and config.report and session.data.heldout is not None:
             try:
-                _report(study, config, session.data, session.models, tracker, parent, baselines,
-                        console, session.class_weight, bars)
+                _report(study, config, session.data, session.training, tracker, parent,
+                        baselines, console, bars)
             except KeyboardInterrupt:
                 interrupted = True
     finish_parent(study, config, tracker, parent, interrupted=interrupted)
@@ -229,9 +227,9 @@ def run_worker(config: StudyConfig, *, worker_index: int, data_dir: str | None =
     reporter = StudyProgress(config.name, config.n_trials, count_trials(session.study),
                              _best_value(session.study), console=console,
                              n_folds=config.n_folds, max_epochs=config.max_epochs, bars=False)
-    objective = Objective(config, session.data.train, session.folds, session.models,
-                          session.tracker, session.parent, progress=reporter,
-                          class_weight=session.class_weight)
+    objective = Objective(config, session.data.train, session.training.folds,
+                          session.training.models, session.tracker, session.parent,
+                          progress=reporter, class_weight=session.training.class_weight)
     try:
         run_trials(session.study, objective, n_trials=config.n_trials, timeout=config.timeout)
     except KeyboardInterrupt:
@@ -242,8 +240,6 @@ def run_worker(config: StudyConfig, *, worker_index: int, data_dir: str | None =
 def _run_workers(study: optuna.Study, tracker: Tracker, plan: Any, argv: list[str],
                  bars: StudyProgress, console: Console) -> bool:
     """Start the plan's workers, show their progress from the storage, clean up dead ones."""
-    from search.launch import fail_trials_of, start_workers, supervise
-
     log_dir = Path("mlruns") / "logs" / study.study_name
     procs = start_workers(argv, plan, log_dir)
     console.print(f"started {len(procs)} workers; their logs: {log_dir}/worker-<i>.log",
@@ -265,7 +261,8 @@ def _run_workers(study: optuna.Study, tracker: Tracker, plan: Any, argv: list[st
         reason = f"worker {worker} exited with code {proc.returncode}"
         if proc.returncode == EXIT_STORE_LOST:
             reason += " (a store stopped answering: its log says which)"
-        failed = fail_trials_of(study, worker, reason, on_failed=tracker.close_failed_trial)
+        failed = fail_trials_of(study, worker, reason,
+                                on_failed=functools.partial(close_trial_run, tracker))
         requeued = f"its trial(s) {failed} marked failed and queued again; " if failed else ""
         console.print(f"{reason}; {requeued}the other workers go on", highlight=False,
                       soft_wrap=True)
@@ -280,8 +277,8 @@ def _worker_label(trial: optuna.trial.FrozenTrial) -> str:
     return f"pid {pid}" if host == socket.gethostname() else worker
 
 
-def _report(study, config, data, models, tracker, parent, baselines,  # noqa: ANN001
-            console, class_weight, progress) -> None:
+def _report(study, config, data, training, tracker, parent, baselines,  # noqa: ANN001
+            console, progress) -> None:
     """Retrain the selected trial and the baselines; print and log the held-out table."""
     from search.report import heldout_report, report_table
 
@@ -290,38 +287,16 @@ def _report(study, config, data, models, tracker, parent, baselines,  # noqa: AN
         return
     best = study.best_trial
     candidates = {f"selected (trial {best.number})": {
-        "recipe": best.user_attrs[RECIPE_ATTR], "best_epochs": best.user_attrs["best_epochs"],
+        "recipe": best.user_attrs[RECIPE_ATTR], "best_epochs": best.user_attrs[BEST_EPOCHS_ATTR],
         "cv_val_loss": best.value}}
     candidates.update({f"baseline {name}": outcome for name, outcome in baselines.items()
                        if "cv_val_loss" in outcome})
     report = heldout_report(study, candidates, train=data.train, heldout=data.heldout,
-                            models=models, seed=config.seed, tracker=tracker, parent_run_id=parent,
-                            console=console, class_weight=class_weight, progress=progress)
+                            models=training.models, seed=config.seed, tracker=tracker,
+                            parent_run_id=parent, console=console,
+                            class_weight=training.class_weight, progress=progress)
     console.print(report_table(report, f"held-out report of {config.name} "
                                        f"({len(data.heldout)} held-out images)"))
-
-
-def make_models(config: StudyConfig, build: Any) -> Any:
-    """The models a worker trains: one compiled model reused for every trial and fold, or
-    (``--rebuild-per-trial``) a fresh build and compile each time."""
-    from trainers.recipe import Recipe
-    from trainers.reuse import Rebuild, Reuse
-
-    if config.rebuild_per_trial:
-        return Rebuild(build)
-    # a reusable build: every penalty and dropout present, strengths held in variables
-    return Reuse(functools.partial(build, Recipe(), reusable=True), cache_size=config.n_folds + 2)
-
-
-def model_builder(config: StudyConfig, data: StudyData):
-    """Return ``build(recipe, **extra) -> keras.Model`` for the study's model and data."""
-    from trainers.models import build_model
-
-    options = dict(config.spec.model)
-    name = options.pop("name")
-    options.setdefault("augment_preset", data.augment_preset)
-    return functools.partial(build_model, name, data.train.image_shape, data.train.n_classes,
-                             pixel_max=data.train.pixel_max, **options)
 
 
 def _best_value(study: optuna.Study) -> float | None:

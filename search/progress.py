@@ -19,6 +19,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from search.stopping import trainer_hooks
+
 # Where no bar redraws (a log file, a cluster job's output, a worker's log), a line about the
 # running trial is printed at most this often, so a long epoch on a slow machine still shows life.
 LOG_EVERY_SECONDS = 60.0
@@ -48,7 +50,9 @@ class StudyProgress:
         self._label: str | None = None
         self._folds, self._epochs = n_folds, max_epochs
         self._workers: dict[int, Any] = {}  # running trial number -> its bar (`workers`)
-        self._trial_started = self._last_line = self._last_batch = 0.0
+        # monotonic time counts from boot: "long ago" must not depend on the machine's uptime
+        self._trial_started = 0.0
+        self._last_line = self._last_batch = -math.inf
         self._where = ""
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -107,7 +111,7 @@ class StudyProgress:
         """`job_started` for the block, `job_finished` after it, however it ends.
 
         Yields the trainer's hooks that feed this display, ``on_epoch`` and ``on_batch``; they
-        also raise a stop that was asked for and lost (`search.launch.check_stop`).
+        also raise a stop that was asked for and lost (`search.stopping.check_stop`).
         """
         self.job_started(label, n_folds=n_folds, max_epochs=max_epochs)
         try:
@@ -195,24 +199,6 @@ class StudyProgress:
         shown = "" if value is None else f" cv val_loss {value:.4f}"
         self._progress.console.print(f"trial {number}: {state.lower()}{shown}{detail}",
                                      highlight=False)
-
-
-def trainer_hooks(progress: StudyProgress | None) -> dict[str, Any]:
-    """The trainer's ``on_epoch`` and ``on_batch``: they raise a stop that was asked for and
-    lost (`search.launch.check_stop`), and feed ``progress`` when there is one."""
-    from search.launch import check_stop
-
-    def on_epoch(metrics: Any) -> None:
-        check_stop()
-        if progress is not None:
-            progress.show(metrics)
-
-    def on_batch(fold: int, epoch: int, fraction: float) -> None:
-        check_stop()
-        if progress is not None:
-            progress.batch(fold, epoch, fraction)
-
-    return {"on_epoch": on_epoch, "on_batch": on_batch}
 
 
 def job(progress: StudyProgress | None, label: str, **sizes: int) -> ContextManager[dict[str, Any]]:

@@ -11,12 +11,11 @@ from typing import Any
 
 import yaml
 
+from search.names import BACKEND_ATTR, DATA_ATTR, RECIPE_ATTR, RUN_ID_ATTR, SETTINGS_ATTR
+
 FORMAT_VERSION = 1
-RECIPE_ATTR = "recipe"
-DATA_ATTR = "regsearch.data"
 _PACKAGES = ("regsearch", "keras", "optuna", "mlflow-skinny", "numpy", "scikit-learn",
              "tensorflow", "tensorflow-cpu", "jax", "torch")
-BACKEND_ATTR = "regsearch.keras_backend"
 
 
 def package_versions() -> dict[str, str]:
@@ -37,7 +36,7 @@ def recipe_document(study: Any, trial: Any, *, storage: str, mlflow_run_id: str 
     The document holds the recipe (every `trainers.Recipe` field), the model and data it was
     searched for, the cross-validation figures, and provenance.
     """
-    settings = study.user_attrs.get("regsearch.settings", {})
+    settings = study.user_attrs.get(SETTINGS_ATTR, {})
     attrs = trial.user_attrs
     return {
         "regsearch_recipe": FORMAT_VERSION,
@@ -56,7 +55,7 @@ def recipe_document(study: Any, trial: Any, *, storage: str, mlflow_run_id: str 
         "provenance": {
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "storage": storage,
-            "mlflow_run_id": mlflow_run_id or attrs.get("mlflow_run_id"),
+            "mlflow_run_id": mlflow_run_id or attrs.get(RUN_ID_ATTR),
             "seed": settings.get("seed"),
             "keras_backend": backend or attrs.get(BACKEND_ATTR) or study.user_attrs.get(BACKEND_ATTR),
             "versions": package_versions(),

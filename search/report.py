@@ -12,12 +12,12 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
+from search.names import BEST_EPOCHS_ATTR, HELDOUT_ATTR
 from search.progress import StudyProgress, job
 from search.tracking import Tracker
 from trainers.fit import ClassWeight, FinalResult, train_final
 from trainers.recipe import Recipe
 
-HELDOUT_ATTR = "regsearch.heldout"
 
 
 def final_epochs(best_epochs: list[int]) -> int:
@@ -46,7 +46,7 @@ def heldout_report(study: Any, candidates: dict[str, dict[str, Any]], *, train: 
     curves: dict[str, dict[str, list[float]]] = {}
     for label, candidate in candidates.items():
         recipe = Recipe.from_dict(candidate["recipe"])
-        epochs = final_epochs(candidate["best_epochs"])
+        epochs = final_epochs(candidate[BEST_EPOCHS_ATTR])
         key = json.dumps({"recipe": candidate["recipe"], "epochs": epochs}, sort_keys=True)
         if cached.get(label, {}).get("key") != key:
             if console is not None:

@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Off a terminal (CI, a log file) rich would wrap tables at 80 columns.
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
     try:
-        from search.launch import plan_workers
+        from search.gpus import plan_workers
 
         check_backend(args.backend)
         plan = plan_workers(args.gpus, args.workers_per_gpu) if args.worker_index is None else None
@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error_text(exc)}", file=sys.stderr)
         return EXIT_USAGE
     from search.driver import run_study, run_worker  # imports Keras: settings are valid
-    from search.launch import remember_ctrl_c, stop_cleanly_on, stop_with_launcher
+    from search.stopping import remember_ctrl_c, stop_cleanly_on, stop_with_launcher
     from search.stores import EXIT_STORE_LOST
     from search.tracking import TrackingLost
 

@@ -166,3 +166,32 @@ def lost_cause(exc: BaseException, uri: str) -> str | None:
 
 # What a database driver says when its server or file cannot be reached at all.
 _GONE = ("connect", "unable to open database file", "disk i/o error")
+
+
+def retry_schema_race(make, attempts: int = 6):
+    """Call ``make()``, retrying while another process creates the same database schema.
+
+    Workers started together on an empty database all try to create the tables; all but one
+    fail with a duplicate-key error (PostgreSQL: ``pg_type_typname_nsp_index``). The schema
+    exists once the winner commits, so a retry finds it.
+    """
+    import random
+    import time
+
+    for attempt in range(attempts):
+        try:
+            return make()
+        except Exception as exc:  # noqa: BLE001 (filtered below)
+            if attempt == attempts - 1 or not _is_schema_race(exc):
+                raise
+            time.sleep(0.5 + random.random() * (attempt + 1))
+
+
+def _is_schema_race(exc: BaseException) -> bool:
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    if isinstance(exc, (IntegrityError, ProgrammingError)):
+        return True
+    text = str(exc)
+    # SQLite says "table ... already exists" (OperationalError); MLflow wraps its migrations
+    return "already exists" in text or "out-of-date database schema" in text

@@ -12,14 +12,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import StudyConfig
+from search.names import ENQUEUED_ATTR, INTERRUPTED_ATTR, RUN_ID_ATTR, SETTINGS_ATTR
 from search.redact import redact_url
-from search.stores import schema_lock, store_error
+from search.stores import retry_schema_race, schema_lock, store_error
 from spaces import default_params
-
-SETTINGS_ATTR = "regsearch.settings"
-PARENT_RUN_ATTR = "regsearch.mlflow_parent_run_id"
-INTERRUPTED_ATTR = "interrupted"
-
 
 STALE_REASON = "worker stopped sending heartbeats"
 
@@ -27,35 +23,34 @@ STALE_REASON = "worker stopped sending heartbeats"
 class StaleTrialCallback:
     """What happens to a trial whose worker stopped sending heartbeats.
 
-    Whichever worker notices first (Optuna checks before every trial) marks it FAIL, closes its
-    MLflow run as FAILED with the reason, and queues the same parameters once more (Optuna's
-    `RetryHeartbeatStaleTrialCallback`, one retry). Without the MLflow part the dead worker's
-    run would stay RUNNING in the UI forever.
+    Whichever worker notices first (Optuna checks before every trial) marks it FAIL, calls
+    ``on_stale`` with it (the driver closes its MLflow run as FAILED with the reason; without
+    that the dead worker's run would stay RUNNING in the UI forever), and queues the same
+    parameters once more (Optuna's `RetryHeartbeatStaleTrialCallback`, one retry).
     """
 
-    def __init__(self, tracking_uri: str | None, max_retry: int = 1) -> None:
-        self.tracking_uri = tracking_uri
+    def __init__(self, on_stale: Callable[[FrozenTrial], None] | None = None,
+                 max_retry: int = 1) -> None:
+        self.on_stale = on_stale
         self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
 
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if self.tracking_uri and run_id:
-            from search.tracking import Tracker
-
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self.on_stale is not None and trial.user_attrs.get(RUN_ID_ATTR):
             try:
-                Tracker(self.tracking_uri).finish_trial(run_id, "FAIL", reason=STALE_REASON)
+                self.on_stale(trial)
             except Exception as exc:  # noqa: BLE001 (the retry must still be queued)
-                warnings.warn(f"could not close the MLflow run {run_id} of stale trial "
-                              f"{trial.number}: {exc}", stacklevel=1)
+                warnings.warn(f"could not close the MLflow run {trial.user_attrs[RUN_ID_ATTR]} "
+                              f"of stale trial {trial.number}: {exc}", stacklevel=1)
         self.retry(study, trial)
 
 
-def open_storage(url: str, tracking_uri: str | None = None) -> optuna.storages.BaseStorage:
+def open_storage(url: str, on_stale: Callable[[FrozenTrial], None] | None = None,
+                 ) -> optuna.storages.BaseStorage:
     """Return the Optuna storage for a URL (``sqlite:///``, ``postgresql://``...) or a journal path.
 
     A plain path (``*.journal`` / ``*.log``) becomes a `JournalStorage` on a file. SQLite and
     other databases get heartbeats, so a trial whose worker died is marked failed, retried
-    once, and its MLflow run in ``tracking_uri`` closed (`StaleTrialCallback`).
+    once, and handed to ``on_stale`` (`StaleTrialCallback`).
     """
     if "://" not in url:
         from optuna.storages.journal import JournalFileBackend
@@ -73,7 +68,7 @@ def open_storage(url: str, tracking_uri: str | None = None) -> optuna.storages.B
                     engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else None,
                     heartbeat_interval=60,
                     grace_period=180,
-                    heartbeat_stale_trial_callback=StaleTrialCallback(tracking_uri),
+                    heartbeat_stale_trial_callback=StaleTrialCallback(on_stale),
                 ))
         except Exception as exc:  # noqa: BLE001 (a bad URL becomes one line; the rest re-raised)
             raise (store_error("--storage", url, exc) or exc) from exc
@@ -104,35 +99,6 @@ def serialize_sqlite_transactions(engine) -> None:  # noqa: ANN001 (a sqlalchemy
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     engine.dispose()  # connections opened before the hooks close; new ones get them
-
-
-def retry_schema_race(make, attempts: int = 6):
-    """Call ``make()``, retrying while another process creates the same database schema.
-
-    Workers started together on an empty database all try to create the tables; all but one
-    fail with a duplicate-key error (PostgreSQL: ``pg_type_typname_nsp_index``). The schema
-    exists once the winner commits, so a retry finds it.
-    """
-    import random
-    import time
-
-    for attempt in range(attempts):
-        try:
-            return make()
-        except Exception as exc:  # noqa: BLE001 (filtered below)
-            if attempt == attempts - 1 or not _is_schema_race(exc):
-                raise
-            time.sleep(0.5 + random.random() * (attempt + 1))
-
-
-def _is_schema_race(exc: BaseException) -> bool:
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
-
-    if isinstance(exc, (IntegrityError, ProgrammingError)):
-        return True
-    text = str(exc)
-    # SQLite says "table ... already exists" (OperationalError); MLflow wraps its migrations
-    return "already exists" in text or "out-of-date database schema" in text
 
 
 # TPESampler options regsearch sets unless a study file's ``search.tpe`` says otherwise.
@@ -240,7 +206,8 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_study(config: StudyConfig, *, create: bool = True) -> optuna.Study:
+def open_study(config: StudyConfig, *, create: bool = True,
+               on_stale: Callable[[FrozenTrial], None] | None = None) -> optuna.Study:
     """Create the study of ``config`` or load it to resume.
 
     A resumed study must have been created with the same folds, epochs, seed, data, model and
@@ -250,7 +217,7 @@ def open_study(config: StudyConfig, *, create: bool = True) -> optuna.Study:
         ValueError: the stored study was created with other settings (the message says
             which, and that ``--fresh`` starts over).
     """
-    storage = open_storage(config.storage, config.tracking_uri)
+    storage = open_storage(config.storage, on_stale)
     if config.fresh and create:
         try:
             optuna.delete_study(study_name=config.name, storage=storage)
@@ -272,7 +239,7 @@ def open_study(config: StudyConfig, *, create: bool = True) -> optuna.Study:
             # The study file's defaults go first: a known-reasonable point for the sampler.
             # skip_if_exists: workers starting together enqueue it once
             study.enqueue_trial(default_params(config.spec.space),
-                                user_attrs={"enqueued": "defaults"}, skip_if_exists=True)
+                                user_attrs={ENQUEUED_ATTR: "defaults"}, skip_if_exists=True)
     elif stored is not None and stored != settings:
         changed = sorted(k for k in settings if stored.get(k) != settings[k])
         raise ValueError(

@@ -11,30 +11,27 @@ import keras
 import optuna
 
 from search.config import StudyConfig
-from search.launch import WORKER_ATTR, check_stop, this_process
-from search.progress import StudyProgress, trainer_hooks
-from search.recipe_file import BACKEND_ATTR, RECIPE_ATTR
-from search.study import INTERRUPTED_ATTR, count_trials
-from search.tracking import Tracker, TrackingLost
+from search.liveness import this_process
+from search.names import (
+    BACKEND_ATTR,
+    BACKEND_TAG,
+    BEST_EPOCHS_ATTR,
+    FAIL_REASON_ATTR,
+    INTERRUPTED_ATTR,
+    RECIPE_ATTR,
+    RUN_ID_ATTR,
+    WORKER_ATTR,
+    WORKER_TAG,
+)
+from search.progress import StudyProgress
+from search.recording import make_recipe, start_run, train_recorded
+from search.stopping import check_stop, trainer_hooks
+from search.study import count_trials
+from search.tracking import RunState, Tracker, TrackingLost
 from spaces import sample_params
 from trainers.data import Dataset
-from trainers.fit import (
-    ClassWeight,
-    CVResult,
-    EpochMetrics,
-    FoldResult,
-    TrainingFailed,
-    cross_validate,
-)
+from trainers.fit import ClassWeight, EpochMetrics, cross_validate
 from trainers.kfold import Fold
-from trainers.recipe import Recipe
-
-
-def make_recipe(config: StudyConfig, values: dict[str, Any]) -> Recipe:
-    """Combine a study's fixed training settings with one trial's searched values."""
-    fixed = dict(config.spec.training)
-    fixed["max_epochs"] = config.max_epochs
-    return Recipe.from_dict({**fixed, **values})
 
 
 @dataclass
@@ -66,9 +63,9 @@ class Objective:
         except TrackingLost as exc:
             # nothing more can be written to MLflow: end the trial like an interrupted one,
             # in Optuna only, so it does not use up the budget; its MLflow run is closed by the
-            # next run that reaches the store (`Tracker.close_runs_of_finished_trials`)
+            # next run that reaches the store (`search.recording.close_runs_left_running`)
             trial.set_user_attr(INTERRUPTED_ATTR, True)
-            trial.set_user_attr("fail_reason", f"interrupted ({exc})")
+            trial.set_user_attr(FAIL_REASON_ATTR, f"interrupted ({exc})")
             self.lost = exc
             raise
 
@@ -78,14 +75,14 @@ class Objective:
         process = this_process()  # worker (host:pid) and PID namespace
         # hosts joining one study may train on different backends: each trial says which
         backend = keras.backend.backend()
-        run_id = self.tracker.start_trial(self.parent_run_id, trial.number, recipe.to_dict(),
-                                          tags={"worker": process[WORKER_ATTR],
-                                                "keras_backend": backend})
+        run_id = start_run(self.tracker, self.parent_run_id, recipe, name=f"trial-{trial.number}",
+                           trial_number=trial.number,
+                           tags={WORKER_TAG: process[WORKER_ATTR], BACKEND_TAG: backend})
         trial.set_user_attr(RECIPE_ATTR, recipe.to_dict())
         trial.set_user_attr(BACKEND_ATTR, backend)
         for key, value in process.items():
             trial.set_user_attr(key, value)
-        trial.set_user_attr("mlflow_run_id", run_id)
+        trial.set_user_attr(RUN_ID_ATTR, run_id)
         if self.progress:
             self.progress.trial_started(trial.number)
 
@@ -97,44 +94,25 @@ class Objective:
             trial.report(estimate.update(m.fold, m.epoch, m.best_val_loss), m.step)
             return trial.should_prune()
 
-        def on_fold(fold: FoldResult) -> None:
-            self.tracker.log_fold(run_id, fold.fold, fold_curves(fold))
+        def on_failed(state: RunState, reason: str) -> None:
+            if state == "INTERRUPTED":
+                trial.set_user_attr(INTERRUPTED_ATTR, True)
+            trial.set_user_attr(FAIL_REASON_ATTR, reason)
 
         lead = time.perf_counter() - entered  # sampling, MLflow run, storage writes
-        try:
-            result = cross_validate(
+        result, summary = train_recorded(
+            self.tracker, run_id,
+            lambda on_fold: cross_validate(
                 self.data, self.folds, recipe, self.models, seed=self.config.seed,
                 on_epoch=on_epoch, on_fold=on_fold, class_weight=self.class_weight,
-                on_batch=hooks["on_batch"],
-            )
-        except KeyboardInterrupt as exc:
-            reason = interrupted_reason(exc)
-            trial.set_user_attr(INTERRUPTED_ATTR, True)
-            trial.set_user_attr("fail_reason", reason)
-            self.tracker.finish_trial(run_id, "INTERRUPTED", reason=reason)
-            raise
-        except TrackingLost:
-            raise
-        except BaseException as exc:
-            reason = str(exc) if isinstance(exc, TrainingFailed) else f"{type(exc).__name__}: {exc}"
-            trial.set_user_attr("fail_reason", reason)
-            self.tracker.finish_trial(run_id, "FAIL", reason=reason)
-            raise
-        summary = summarize(result, lead_seconds=lead)
+                on_batch=hooks["on_batch"]),
+            lead_seconds=lead, on_failed=on_failed)
         for key, value in summary.items():
             trial.set_user_attr(key, value)
-        trial.set_user_attr("best_epochs", [f.best_epoch for f in result.folds])
-        self.tracker.log_metrics(run_id, summary)
+        trial.set_user_attr(BEST_EPOCHS_ATTR, [f.best_epoch for f in result.folds])
         if result.stopped:
-            self.tracker.finish_trial(run_id, "PRUNED")
             raise optuna.TrialPruned(f"pruned after {len(result.folds)} fold(s)")
-        self.tracker.finish_trial(run_id, "COMPLETE")
         return result.val_loss
-
-
-def interrupted_reason(exc: KeyboardInterrupt) -> str:
-    """``interrupted (Ctrl-C)``, or ``interrupted (stopped by SIGTERM)`` (`stop_cleanly_on`)."""
-    return f"interrupted ({str(exc) or 'Ctrl-C'})"
 
 
 class RunningCV:
@@ -157,37 +135,6 @@ class RunningCV:
         if not self.finished:
             return best_val_loss
         return sum(self.finished.values()) / len(self.finished)
-
-
-def fold_curves(fold: FoldResult) -> dict[str, list[float]]:
-    """One fold's per-epoch curves under the names MLflow records them with."""
-    h = fold.history
-    return {"train_loss": h["cross_entropy"], "val_loss": h["val_cross_entropy"],
-            "val_accuracy": h["val_accuracy"]}
-
-
-def summarize(result: CVResult, lead_seconds: float = 0.0) -> dict[str, float]:
-    """The summary metrics of a cross-validated recipe (trial or baseline).
-
-    ``first_step_seconds`` is the time from the trial's start to its first training step:
-    ``lead_seconds`` (what the trial did before its first fold began: sampling, the MLflow run)
-    plus the first fold's time to its first step. ``later_folds_first_step_seconds`` is the same
-    per-fold overhead for the folds after the first (absent with one fold).
-    """
-    overhead = {"first_step_seconds": lead_seconds + result.folds[0].first_step_seconds}
-    if len(result.folds) > 1:
-        overhead["later_folds_first_step_seconds"] = result.later_folds_first_step_seconds
-    return {
-        "cv_val_loss": result.val_loss,
-        "cv_val_loss_std": result.val_loss_std,
-        "cv_val_accuracy": result.val_accuracy,
-        "cv_train_loss": result.train_loss,
-        "generalization_gap": result.generalization_gap,
-        "n_folds_trained": float(len(result.folds)),
-        "epochs_trained": float(sum(f.n_epochs for f in result.folds)),
-        "fit_seconds": result.fit_seconds,
-        **overhead,
-    }
 
 
 def run_trials(study: optuna.Study, objective: Objective, *, n_trials: int,
@@ -219,7 +166,7 @@ def announce(progress: StudyProgress, trial: optuna.trial.FrozenTrial) -> None:
     value = trial.value if state == "COMPLETE" else None
     detail = ""
     if state == "FAIL":
-        detail = f" ({trial.user_attrs.get('fail_reason', 'no reason recorded')})"
+        detail = f" ({trial.user_attrs.get(FAIL_REASON_ATTR, 'no reason recorded')})"
     elif state == "PRUNED" and trial.last_step is not None:
         detail = f" at step {trial.last_step}"
     if value is not None and not math.isfinite(value):

@@ -18,7 +18,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from search.recipe_file import BACKEND_ATTR
+from search.names import BACKEND_ATTR
 
 ROOT = Path(__file__).resolve().parent.parent
 OTHER_BACKENDS = ("jax", "torch")

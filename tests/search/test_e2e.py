@@ -221,9 +221,9 @@ def test_a_baseline_left_running_by_a_killed_process_is_closed_and_trained_again
         tmp_path: Path) -> None:
     import socket
 
-    from search.baselines import BASELINES_ATTR, RUNNING_KEY
     from search.driver import run_study
-    from search.launch import WORKER_ATTR, WORKER_NS_ATTR, pid_namespace
+    from search.liveness import pid_namespace
+    from search.names import BASELINES_ATTR, RUNNING_IN_KEY, WORKER_ATTR, WORKER_NS_ATTR
 
     config = _config(tmp_path, n_trials=1, baselines="reference", report=False,
                      overrides=["model.hidden_layers=1", "model.units=32"])
@@ -236,14 +236,14 @@ def test_a_baseline_left_running_by_a_killed_process_is_closed_and_trained_again
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     killed = {"recipe": stored["l2"]["recipe"], "mlflow_run_id": left.info.run_id,
-              RUNNING_KEY: {WORKER_ATTR: f"{socket.gethostname()}:{dead.pid}",
+              RUNNING_IN_KEY: {WORKER_ATTR: f"{socket.gethostname()}:{dead.pid}",
                             WORKER_NS_ATTR: pid_namespace()}}
     first.study.set_user_attr(BASELINES_ATTR, {**stored, "l2": killed})
 
     again = run_study(config, progress=False)
 
     baselines = again.study.user_attrs[BASELINES_ATTR]
-    assert all(RUNNING_KEY not in outcome for outcome in baselines.values())
+    assert all(RUNNING_IN_KEY not in outcome for outcome in baselines.values())
     assert {k: v for k, v in baselines.items() if k != "l2"} == {
         k: v for k, v in stored.items() if k != "l2"}  # the others were not trained again
     assert baselines["l2"]["mlflow_run_id"] not in (left.info.run_id, stored["l2"]["mlflow_run_id"])

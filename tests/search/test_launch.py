@@ -15,14 +15,9 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from search.launch import (
-    WORKER_ATTR,
-    WORKER_NS_ATTR,
-    fail_orphaned_trials,
-    pid_namespace,
-    plan_workers,
-    process_gone,
-)
+from search.gpus import plan_workers
+from search.liveness import fail_orphaned_trials, pid_namespace, process_gone
+from search.names import WORKER_ATTR, WORKER_NS_ATTR
 from search.run import _worker_argv
 from tests.search.running import training_trials
 
@@ -157,7 +152,7 @@ def test_trials_of_a_killed_local_process_are_failed_and_queued_once(tmp_path, k
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_stop_swallowed_by_a_finalizer_is_raised_again_at_the_next_check(
         monkeypatch, capsys, sig: signal.Signals) -> None:
-    import search.launch as launch
+    import search.stopping as launch
 
     monkeypatch.setattr(launch, "_stop_reason", None)
     monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)  # what Python prints

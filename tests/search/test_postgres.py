@@ -116,7 +116,7 @@ def test_optuna_records_each_trial_once_and_nothing_stays_running(shared_study, 
 
 
 def test_mlflow_holds_one_parent_and_one_child_per_trial(shared_study, postgres) -> None:
-    from search.study import PARENT_RUN_ATTR
+    from search.names import PARENT_RUN_ATTR
 
     study = _study(postgres)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}

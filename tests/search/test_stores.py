@@ -82,10 +82,10 @@ def test_a_tls_server_the_probe_does_not_trust_still_counts_as_there(http_server
 _OPEN_TOGETHER = """
 import sys, time
 from search.study import open_storage
-from search.tracking import Tracker
+from search.mlflow_tracker import MlflowTracker
 folder, start = sys.argv[1], float(sys.argv[2])
 time.sleep(max(0.0, start - time.time()))  # every process opens the fresh stores at once
-Tracker(f"sqlite:///{folder}/mlflow.db")
+MlflowTracker(f"sqlite:///{folder}/mlflow.db")
 open_storage(f"sqlite:///{folder}/optuna.db")
 print("opened")
 """
@@ -136,10 +136,10 @@ def guarded_server():
                                                  ("/b", 403, "refused this user access")])
 def test_a_server_that_turns_the_client_away_is_one_line(guarded_server: str, prefix: str,
                                                           status: int, words: str) -> None:
-    from search.tracking import Tracker
+    from search.mlflow_tracker import MlflowTracker
 
     with pytest.raises(ValueError) as info:
-        Tracker(guarded_server + prefix)
+        MlflowTracker(guarded_server + prefix)
     message = str(info.value)
     assert f"the server {words} (HTTP {status})" in message and "MLFLOW_TRACKING_USERNAME" in message
     assert "s3cret" not in message and "bob:***@" in message

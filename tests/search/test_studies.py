@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from search.config import build_config
-from search.report import HELDOUT_ATTR
+from search.names import HELDOUT_ATTR
 
 pytestmark = pytest.mark.slow
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -130,24 +132,29 @@ def test_a_trial_whose_worker_stopped_beating_is_failed_closed_in_mlflow_and_ret
     import time
     import warnings
 
+    from search.driver import _close_stale_run
+    from search.mlflow_tracker import MlflowTracker
+    from search.recording import start_run
     from search.study import STALE_REASON, StaleTrialCallback
-    from search.tracking import Tracker
+    from trainers.recipe import Recipe
 
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         storage = optuna.storages.RDBStorage(
             f"sqlite:///{tmp_path}/optuna.db", heartbeat_interval=1, grace_period=1,
-            heartbeat_stale_trial_callback=StaleTrialCallback(tracking))
+            heartbeat_stale_trial_callback=StaleTrialCallback(
+                functools.partial(_close_stale_run, tracking)))
     study = optuna.create_study(study_name="s", storage=storage)
-    tracker = Tracker(tracking)
+    tracker = MlflowTracker(tracking)
     parent = tracker.open_parent("s", {})
     # a worker starts a trial, beats once and dies
     with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": it is,
         warnings.simplefilter("ignore", UserWarning)  # below; this worker only plays dead
         dead = study.ask()
     x = dead.suggest_float("x", 0.0, 1.0)
-    run_id = tracker.start_trial(parent, dead.number, {"x": x})
+    run_id = start_run(tracker, parent, Recipe(dropout=x), name="trial-0",
+                       trial_number=dead.number)
     dead.set_user_attr("mlflow_run_id", run_id)
     storage.record_heartbeat(dead._trial_id)
     time.sleep(2.5)

@@ -22,7 +22,8 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from search.stores import lost_cause
-from search.tracking import ROLE_TAG, Tracker
+from search.mlflow_tracker import MlflowTracker
+from search.names import ROLE_TAG
 from tests.search.mlflow_server import MlflowServer
 from tests.search.running import LONG_TRIALS, start_training, with_trials
 
@@ -33,10 +34,10 @@ PASSWORD = "pw-9f3k"
 def test_workers_opening_a_new_study_together_share_one_experiment(mlflow_server: str,
                                                                    round_: int) -> None:
     name = f"race-{uuid.uuid4().hex[:8]}"
-    trackers = [Tracker(mlflow_server) for _ in range(6)]
+    trackers = [MlflowTracker(mlflow_server) for _ in range(6)]
     start = threading.Barrier(len(trackers))
 
-    def open_experiment(tracker: Tracker) -> str:
+    def open_experiment(tracker: MlflowTracker) -> str:
         start.wait()
         return tracker.experiment_id(name)
 

@@ -1,0 +1,39 @@
+"""The names regsearch stores: Optuna study and trial attributes, MLflow tags. Nothing else.
+
+Stored names outlive the code that wrote them (a study resumed by a newer regsearch, an export
+of an old study), so each is written here once and every module reads it from here.
+"""
+
+# Optuna study user attributes
+SETTINGS_ATTR = "regsearch.settings"  # the settings a resumed study must keep
+PARENT_RUN_ATTR = "regsearch.mlflow_parent_run_id"  # the study's MLflow parent run
+DATA_ATTR = "regsearch.data"  # the data's shape facts, for an exported recipe
+BASELINES_ATTR = "regsearch.baselines"  # {baseline name: outcome}
+HELDOUT_ATTR = "regsearch.heldout"  # the held-out report's retrainings, reused by a rerun
+BACKEND_ATTR = "regsearch.keras_backend"  # the Keras backend (study: first opener; trial: its own)
+
+# Optuna trial user attributes
+RECIPE_ATTR = "recipe"  # the full `trainers.Recipe` the trial trained
+FAIL_REASON_ATTR = "fail_reason"  # why the trial failed or was interrupted (also an MLflow tag)
+INTERRUPTED_ATTR = "interrupted"  # stopped by a signal or a lost store: not counted in the budget
+RUN_ID_ATTR = "mlflow_run_id"  # the trial's (or a baseline's) MLflow child run
+BEST_EPOCHS_ATTR = "best_epochs"  # each fold's best epoch (0-based)
+RETRY_OF_ATTR = "retry_of"  # a trial queued again after its worker died: the failed one's number
+ENQUEUED_ATTR = "enqueued"  # "defaults": the study file's defaults, queued as the first trial
+WORKER_ATTR = "worker"  # host:pid of the process that ran the trial
+WORKER_NS_ATTR = "worker_pid_namespace"  # that process's PID namespace (`search.liveness`)
+# in a baseline's stored outcome while it trains: the process training it
+RUNNING_IN_KEY = "running_in"
+
+# MLflow tags
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: nests a child run under the study's run
+ROLE_TAG = "regsearch.role"  # "study", "trial" or "baseline"
+STUDY_NAME_TAG = "optuna.study_name"
+STORAGE_TAG = "optuna.storage"
+TRIAL_NUMBER_TAG = "optuna.trial_number"
+TRIAL_STATE_TAG = "optuna.trial_state"  # COMPLETE, PRUNED, FAIL (RUNNING while it trains)
+FAIL_REASON_TAG = FAIL_REASON_ATTR
+INTERRUPTED_TAG = INTERRUPTED_ATTR
+BASELINE_TAG = "baseline"  # a baseline run's name
+WORKER_TAG = WORKER_ATTR
+BACKEND_TAG = "keras_backend"

@@ -1,0 +1,154 @@
+"""Train a recipe as a tracked run: open the run, log each fold, close it with how it ended.
+
+Trials and baselines take this one path, so a run's rules (its tags, its fold curves, the
+state and reason it is closed with) are the same for both. The same rules close the runs of
+trials that their own process could not close (killed, or its store out of reach).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from search.names import (
+    FAIL_REASON_ATTR,
+    INTERRUPTED_ATTR,
+    ROLE_TAG,
+    RUN_ID_ATTR,
+    TRIAL_NUMBER_TAG,
+    TRIAL_STATE_TAG,
+)
+from search.tracking import RunState, Tracker, TrackingLost
+
+if TYPE_CHECKING:  # the trainers import Keras; a CLI mistake is answered before that
+    from trainers.fit import CVResult, FoldResult
+    from trainers.recipe import Recipe
+
+# the trainer's fold loop: given the ``on_fold`` logger, cross-validate and return the result
+Train = Callable[[Callable[["FoldResult"], None]], "CVResult"]
+
+
+def make_recipe(config: Any, values: Mapping[str, Any]) -> "Recipe":
+    """Combine a study's fixed training settings (``config``: a `search.config.StudyConfig`)
+    with one trial's searched values."""
+    from trainers.recipe import Recipe
+
+    fixed = dict(config.spec.training)
+    fixed["max_epochs"] = config.max_epochs
+    return Recipe.from_dict({**fixed, **values})
+
+
+def start_run(tracker: Tracker, parent_run_id: str, recipe: "Recipe", *, name: str,
+              role: str = "trial", trial_number: int = -1,
+              tags: Mapping[str, str] | None = None) -> str:
+    """Open the child run of a trial (or of a baseline: ``role="baseline"``, number -1)."""
+    return tracker.start_run(parent_run_id, name, recipe.to_dict(), {
+        ROLE_TAG: role, TRIAL_NUMBER_TAG: str(trial_number), TRIAL_STATE_TAG: "RUNNING",
+        **(tags or {})})
+
+
+def train_recorded(tracker: Tracker, run_id: str, train: Train, *, lead_seconds: float = 0.0,
+                   on_failed: Callable[[RunState, str], None] | None = None,
+                   ) -> tuple["CVResult", dict[str, float]]:
+    """Run ``train`` with each fold's curves logged on ``run_id``, then close the run.
+
+    A finished training logs its summary (`summarize`) and closes COMPLETE, or PRUNED when
+    the pruner stopped it. An exception closes the run INTERRUPTED (Ctrl-C, SIGTERM) or FAIL,
+    with its reason, after ``on_failed(state, reason)`` (the caller records it first, in
+    Optuna), and propagates. `TrackingLost` propagates at once: nothing more can be written.
+
+    Returns:
+        The cross-validation result and its summary metrics.
+    """
+    try:
+        result = train(lambda fold: tracker.log_fold(run_id, fold.fold, fold_curves(fold)))
+    except TrackingLost:
+        raise
+    except BaseException as exc:
+        state: RunState = "INTERRUPTED" if isinstance(exc, KeyboardInterrupt) else "FAIL"
+        reason = failure_reason(exc)
+        if on_failed is not None:
+            on_failed(state, reason)
+        tracker.finish_run(run_id, state, reason=reason)
+        raise
+    summary = summarize(result, lead_seconds=lead_seconds)
+    tracker.log_metrics(run_id, summary)
+    tracker.finish_run(run_id, "PRUNED" if result.stopped else "COMPLETE")
+    return result, summary
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The reason recorded for a training that raised ``exc``.
+
+    ``interrupted (Ctrl-C)`` or ``interrupted (stopped by SIGTERM)`` for a stop
+    (`search.stopping.stop_cleanly_on`); the trainer's own words for a recipe that failed
+    (NaN loss, stuck at chance); else the exception's type and message.
+    """
+    from trainers.fit import TrainingFailed
+
+    if isinstance(exc, KeyboardInterrupt):
+        return f"interrupted ({str(exc) or 'Ctrl-C'})"
+    return str(exc) if isinstance(exc, TrainingFailed) else f"{type(exc).__name__}: {exc}"
+
+
+def fold_curves(fold: "FoldResult") -> dict[str, list[float]]:
+    """One fold's per-epoch curves under the names MLflow records them with."""
+    h = fold.history
+    return {"train_loss": h["cross_entropy"], "val_loss": h["val_cross_entropy"],
+            "val_accuracy": h["val_accuracy"]}
+
+
+def summarize(result: "CVResult", lead_seconds: float = 0.0) -> dict[str, float]:
+    """The summary metrics of a cross-validated recipe (trial or baseline).
+
+    ``first_step_seconds`` is the time from the trial's start to its first training step:
+    ``lead_seconds`` (what the trial did before its first fold began: sampling, the MLflow run)
+    plus the first fold's time to its first step. ``later_folds_first_step_seconds`` is the same
+    per-fold overhead for the folds after the first (absent with one fold).
+    """
+    overhead = {"first_step_seconds": lead_seconds + result.folds[0].first_step_seconds}
+    if len(result.folds) > 1:
+        overhead["later_folds_first_step_seconds"] = result.later_folds_first_step_seconds
+    return {
+        "cv_val_loss": result.val_loss,
+        "cv_val_loss_std": result.val_loss_std,
+        "cv_val_accuracy": result.val_accuracy,
+        "cv_train_loss": result.train_loss,
+        "generalization_gap": result.generalization_gap,
+        "n_folds_trained": float(len(result.folds)),
+        "epochs_trained": float(sum(f.n_epochs for f in result.folds)),
+        "fit_seconds": result.fit_seconds,
+        **overhead,
+    }
+
+
+def close_trial_run(tracker: Tracker, trial: Any, reason: str | None = None) -> None:
+    """Close the run of an Optuna trial that was ended on its process's behalf (a dead or
+    killed worker, a stale heartbeat), with the trial's state and ``reason`` (default: the
+    trial's ``fail_reason``)."""
+    run_id = trial.user_attrs.get(RUN_ID_ATTR)
+    if run_id:
+        tracker.finish_run(run_id, _run_state(trial),
+                           reason=reason or trial.user_attrs.get(FAIL_REASON_ATTR))
+
+
+def close_runs_left_running(tracker: Tracker, study: Any) -> list[int]:
+    """Close the runs the tracker still has open for trials Optuna has finished; return the
+    trials' numbers.
+
+    That happens when the tracking store stopped answering during a trial (`TrackingLost`):
+    Optuna recorded the trial's end, the tracker could not. Each run gets the trial's state
+    and reason.
+    """
+    running = set(tracker.running_runs(study.study_name))
+    closed = []
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state.is_finished() and trial.user_attrs.get(RUN_ID_ATTR) in running:
+            close_trial_run(tracker, trial)
+            closed.append(trial.number)
+    return sorted(closed)
+
+
+def _run_state(trial: Any) -> RunState:
+    if trial.state.name == "FAIL" and trial.user_attrs.get(INTERRUPTED_ATTR):
+        return "INTERRUPTED"
+    return trial.state.name

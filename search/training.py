@@ -1,0 +1,81 @@
+"""The trainer side of a study: precision, model builder, the reused models, folds, class weight.
+
+One function prepares it for the driver, its workers and the benchmarks alike, so a benchmark
+measures the same training a study runs.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from search.config import StudyConfig
+from search.datasets import StudyData
+from search.recording import make_recipe
+
+
+@dataclass(frozen=True)
+class Training:
+    """What every trial of a study trains with, in this process.
+
+    Attributes:
+        build: ``build(recipe, **extra) -> keras.Model`` for the study's model and data.
+        models: the `trainers.reuse.Models` every trial trains (one compiled model reused).
+        folds: the study's folds, fixed by its seed.
+        class_weight: ``"balanced"`` (from the labels each model trains on) or None.
+    """
+
+    build: Callable[..., Any]
+    models: Any
+    folds: list
+    class_weight: str | None
+
+
+def prepare_training(config: StudyConfig, data: StudyData) -> Training:
+    """Set the precision, build the study's model once (bad model options fail here) and
+    return the trainer side of the study.
+
+    Raises:
+        ValueError, TypeError: a model option the builder refuses.
+    """
+    from trainers.kfold import stratified_folds
+
+    set_precision(config.precision)
+    build = model_builder(config, data)
+    build(make_recipe(config, config.spec.space.defaults()))  # bad model options fail here
+    return Training(build, make_models(config, build),
+                    stratified_folds(data.train.y, config.n_folds, config.seed),
+                    "balanced" if data.class_weights else None)
+
+
+def set_precision(precision: str) -> None:
+    """Set Keras' global dtype policy for ``--precision`` (before any model is built)."""
+    if precision == "bfloat16":
+        import keras
+
+        # bfloat16 compute, float32 weights; every model's softmax layer stays float32
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+
+
+def model_builder(config: StudyConfig, data: StudyData) -> Callable[..., Any]:
+    """Return ``build(recipe, **extra) -> keras.Model`` for the study's model and data."""
+    from trainers.models import build_model
+
+    options = dict(config.spec.model)
+    name = options.pop("name")
+    options.setdefault("augment_preset", data.augment_preset)
+    return functools.partial(build_model, name, data.train.image_shape, data.train.n_classes,
+                             pixel_max=data.train.pixel_max, **options)
+
+
+def make_models(config: StudyConfig, build: Callable[..., Any]) -> Any:
+    """The models a worker trains: one compiled model reused for every trial and fold, or
+    (``--rebuild-per-trial``) a fresh build and compile each time."""
+    from trainers.recipe import Recipe
+    from trainers.reuse import Rebuild, Reuse
+
+    if config.rebuild_per_trial:
+        return Rebuild(build)
+    # a reusable build: every penalty and dropout present, strengths held in variables
+    return Reuse(functools.partial(build, Recipe(), reusable=True), cache_size=config.n_folds + 2)
