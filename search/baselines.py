@@ -15,6 +15,7 @@ from search.names import (
 from search.liveness import killed_reason, process_gone, this_process
 from search.progress import StudyProgress, job
 from search.recording import make_recipe, start_run, train_recorded
+from spaces.strengths import OFF
 
 if TYPE_CHECKING:
     from search.tracking import Tracker
@@ -34,7 +35,6 @@ BASELINE_SETS: dict[str, dict[str, dict[str, float]]] = {
         "l2_1.5e-4_dropout_0.2": {"l2": 1.5e-4, "dropout": 0.2},
     },
 }
-_OFF = {"l1": 0.0, "l2": 0.0, "dropout": 0.0, "augment": 0.0}
 
 
 def baseline_recipes(config: Any, set_name: str) -> dict[str, Any]:
@@ -48,7 +48,7 @@ def baseline_recipes(config: Any, set_name: str) -> dict[str, Any]:
                          f"{', '.join(BASELINE_SETS)}.")
     defaults = config.spec.space.defaults()
     patience = {"patience": defaults["patience"]} if "patience" in defaults else {}
-    return {name: make_recipe(config, {**_OFF, **patience, **changes})
+    return {name: make_recipe(config, {**OFF, **patience, **changes})
             for name, changes in BASELINE_SETS[set_name].items()}
 
 

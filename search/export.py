@@ -50,9 +50,11 @@ def export(study: str, *, output: str | None = None, fmt: str | None = None,
     from search.recipe_file import recipe_document, write_recipe
     from search.redact import redact_url
     from search.study import open_storage, quiet_optuna
+    from spaces import load_study
 
     quiet_optuna()
-    name = Path(study).stem if study.endswith((".yaml", ".yml")) else study
+    # a study file's study is its `name:`, as `search.run` stores it (not the file's stem)
+    name = load_study(study).name if study.endswith((".yaml", ".yml")) else study
     storage = storage or default_storage()
     local = (Path(storage.removeprefix("sqlite:///")) if storage.startswith("sqlite:///")
              else None if "://" in storage else Path(storage))

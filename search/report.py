@@ -15,6 +15,7 @@ from rich.table import Table
 from search.names import BEST_EPOCHS_ATTR, HELDOUT_ATTR
 from search.progress import StudyProgress, job
 from search.tracking import Tracker
+from spaces.strengths import REGULARIZERS
 from trainers.fit import ClassWeight, FinalResult, train_final
 from trainers.recipe import Recipe
 
@@ -100,12 +101,12 @@ def report_markdown(rows: list[dict[str, Any]], title: str) -> str:
         lines.append(f"| {r['label']} | {_num(r['cv_val_loss'])} | {r['epochs']} | "
                      f"{_num(r['train_loss'])} | {_num(r['heldout_loss'])} | "
                      f"{_num(r['generalization_gap'])} | {_num(r['heldout_accuracy'], 3)} |")
-    lines += ["", "| recipe | l1 | l2 | dropout | augment | patience |",
-              "| --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "| recipe | " + " | ".join(s.label for s in REGULARIZERS) + " |",
+              "| --- |" + " --- |" * len(REGULARIZERS)]
     for r in rows:
         x = r["recipe"]
-        lines.append(f"| {r['label']} | {x['l1']:.3g} | {x['l2']:.3g} | {x['dropout']:.3g} | "
-                     f"{x['augment']:.3g} | {x['patience']} |")
+        lines.append(f"| {r['label']} | "
+                     + " | ".join(f"{x[s.name]:.3g}" for s in REGULARIZERS) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -8,7 +8,7 @@ that ties trials to runs (`search.recording`) passes it plain run ids, states an
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Protocol
+from typing import Any, Iterable, Literal, Mapping, Protocol, runtime_checkable
 
 # How a child run ended: an Optuna trial's state, or INTERRUPTED (a stop that was not the
 # recipe's fault: Ctrl-C, SIGTERM, a lost store; Optuna records it as FAIL, not counted).
@@ -25,6 +25,7 @@ class TrackingLost(Exception):
     """
 
 
+@runtime_checkable
 class Tracker(Protocol):
     """Where a study's runs are recorded. Every method may raise `TrackingLost`."""
 

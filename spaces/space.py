@@ -6,21 +6,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from spaces.checks import check_float, check_int, check_keys
+from spaces.strengths import STRENGTHS
 
-# What each searchable recipe field may be, whatever a space file says. Patience below 1
-# would stop after the first epoch; dropout of 1 drops everything.
-# A learning rate of 0 never moves the weights (and `Recipe` rejects it).
+# What each searchable recipe field may be, whatever a space file says (`spaces.strengths`).
 FLOAT_DOMAINS: dict[str, tuple[float, float | None, bool, bool]] = {
     # name: (low, high, low_open, high_open)
-    "l1": (0.0, None, False, False),
-    "l2": (0.0, None, False, False),
-    "dropout": (0.0, 1.0, False, True),
-    "augment": (0.0, 1.0, False, False),
-    "learning_rate": (0.0, None, True, False),
+    s.name: (s.low, s.high, s.low_open, s.high_open)
+    for s in STRENGTHS if s.searchable and s.kind is float
 }
 INT_DOMAINS: dict[str, tuple[int, int | None]] = {
-    "patience": (1, None),
-    "batch_size": (1, None),
+    s.name: (int(s.low), s.high) for s in STRENGTHS if s.searchable and s.kind is int
 }
 SEARCHABLE = tuple(FLOAT_DOMAINS) + tuple(INT_DOMAINS)
 OFF = "off"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping
+
+from spaces.strengths import STRENGTHS
 
 
 @dataclass(frozen=True)
@@ -36,28 +37,12 @@ class Recipe:
     max_epochs: int = 20
 
     def __post_init__(self) -> None:
-        for name in ("l1", "l2", "dropout", "augment", "learning_rate"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"Recipe: {name} must be a number; got {value!r}.")
-            if not math.isfinite(value):
-                raise ValueError(f"Recipe: {name}={value!r} must be finite.")
-        for name in ("patience", "batch_size", "max_epochs"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"Recipe: {name} must be an integer; got {value!r}.")
-        for name in ("l1", "l2"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"Recipe: {name}={getattr(self, name)!r} must be >= 0.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"Recipe: dropout={self.dropout!r} must be in [0, 1).")
-        if not 0.0 <= self.augment <= 1.0:
-            raise ValueError(f"Recipe: augment={self.augment!r} must be in [0, 1].")
-        for name in ("patience", "batch_size", "max_epochs"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"Recipe: {name}={getattr(self, name)!r} must be >= 1.")
-        if self.learning_rate <= 0:
-            raise ValueError(f"Recipe: learning_rate={self.learning_rate!r} must be > 0.")
+        for strength in STRENGTHS:  # the allowed ranges, declared once
+            value = getattr(self, strength.name)
+            problem = strength.problem(value)
+            if problem is not None:
+                error, words = problem
+                raise error(f"Recipe: {strength.name}={value!r} {words}.")
 
     def to_dict(self) -> dict[str, Any]:
         """Return the fields as plain JSON-serialisable values."""

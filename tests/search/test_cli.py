@@ -184,10 +184,24 @@ def test_export_unknown_study_lists_stored(tmp_path, storage):
                        "no study 'digits'", "stored studies: other, pruned")
 
 
-def test_export_study_path_uses_stem(tmp_path, storage):
-    assert_usage_error(cli("search.export", "--study", "spaces/digits.yaml", "--storage", storage,
+def test_export_study_path_finds_the_study_by_its_name(tmp_path, storage):
+    # the README's own example: my_study.yaml holds `name: flowers`
+    (tmp_path / "my_study.yaml").write_text(
+        "name: flowers\n"
+        "data: {source: folder, root: data/flowers, image_size: [64, 64]}\n"
+        "model: {name: small_resnet}\n"
+        "space:\n  dropout: {low: 0.0, high: 0.6, default: 0.2}\n")
+    assert_usage_error(cli("search.export", "--study", "my_study.yaml", "--storage", storage,
                            cwd=tmp_path),
-                       "no study 'digits'")
+                       "no study 'flowers'")
+    study = optuna.create_study(storage=storage, study_name="flowers")
+    trial = study.ask()
+    trial.set_user_attr("recipe", {"dropout": 0.2})
+    study.tell(trial, 0.5)
+    done = cli("search.export", "--study", "my_study.yaml", "--storage", storage, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    written = yaml.safe_load((tmp_path / "flowers_recipe.yaml").read_text())
+    assert written["study"] == "flowers" and written["recipe"] == {"dropout": 0.2}
 
 
 def test_export_no_complete_trial(tmp_path, storage):

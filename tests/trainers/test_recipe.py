@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from spaces.strengths import STRENGTHS
 from trainers.recipe import Recipe
 
 FIELDS = ("l1", "l2", "dropout", "augment", "patience", "learning_rate", "batch_size",
@@ -112,3 +113,18 @@ def test_recipe_replace_checks_again():
     assert recipe.dropout == 0.2
     with pytest.raises(ValueError, match="patience"):
         recipe.replace(patience=0)
+
+
+def test_recipe_fields_are_the_strengths_table_in_order() -> None:
+    assert [f.name for f in dataclasses.fields(Recipe)] == [s.name for s in STRENGTHS]
+
+
+@pytest.mark.parametrize("strength", STRENGTHS, ids=lambda s: s.name)
+def test_recipe_refuses_each_fields_bound_from_the_table(strength) -> None:
+    below = strength.low if strength.low_open else strength.low - 1
+    with pytest.raises(ValueError, match=rf"^Recipe: {strength.name}=.* must be "):
+        Recipe(**{strength.name: strength.kind(below)})
+    if strength.high is not None:
+        above = strength.high if strength.high_open else strength.high + 1
+        with pytest.raises(ValueError, match=rf"^Recipe: {strength.name}="):
+            Recipe(**{strength.name: strength.kind(above)})

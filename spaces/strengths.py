@@ -1,0 +1,74 @@
+"""Every recipe field declared once: its type, allowed range, and for a regularizer its "off"
+value and report label. The space checks, `trainers.Recipe`, the baselines and the report
+derive from this table."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Strength:
+    """One field of a recipe.
+
+    Attributes:
+        name: the recipe field and space key.
+        kind: ``float`` or ``int``.
+        low, high: the allowed range (``high`` None: unbounded); ``low_open``/``high_open``
+            exclude the bound itself.
+        off: for a regularizer, the value that switches it off (baselines start from it).
+        label: for a regularizer, its column in the report (None: a training setting).
+        searchable: False for a field a study fixes but never searches.
+    """
+
+    name: str
+    kind: type
+    low: float
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    off: float | None = None
+    label: str | None = None
+    searchable: bool = True
+
+    @property
+    def allowed(self) -> str:
+        """The allowed range in words: ``in [0, 1)``, ``>= 0``, ``> 0``."""
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return (f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                f"{')' if self.high_open else ']'}")
+
+    def problem(self, value: object) -> tuple[type[Exception], str] | None:
+        """What is wrong with ``value`` for this field (error type and words), or None."""
+        if self.kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            return TypeError, "must be an integer"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return TypeError, "must be a number"
+        if not math.isfinite(value):
+            return ValueError, "must be finite"
+        too_low = value <= self.low if self.low_open else value < self.low
+        too_high = self.high is not None and (value >= self.high if self.high_open
+                                              else value > self.high)
+        return (ValueError, f"must be {self.allowed}") if too_low or too_high else None
+
+
+# Recipe fields in `trainers.Recipe`'s order. Regularizers first (a label and an "off" value;
+# patience has no "off": every trial stops early), then the training settings a study fixes or
+# searches. Patience below 1 would stop after the first epoch; dropout of 1 drops everything;
+# a learning rate of 0 never moves the weights.
+STRENGTHS: tuple[Strength, ...] = (
+    Strength("l1", float, 0.0, off=0.0, label="l1"),
+    Strength("l2", float, 0.0, off=0.0, label="l2"),
+    Strength("dropout", float, 0.0, 1.0, high_open=True, off=0.0, label="dropout"),
+    Strength("augment", float, 0.0, 1.0, off=0.0, label="augment"),
+    Strength("patience", int, 1, label="patience"),
+    Strength("learning_rate", float, 0.0, low_open=True),
+    Strength("batch_size", int, 1),
+    Strength("max_epochs", int, 1, searchable=False),
+)
+BY_NAME = {s.name: s for s in STRENGTHS}
+REGULARIZERS = tuple(s for s in STRENGTHS if s.label is not None)
+# "no regularization": what every baseline starts from
+OFF = {s.name: s.off for s in REGULARIZERS if s.off is not None}

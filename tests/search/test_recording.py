@@ -1,0 +1,158 @@
+"""The objective, the baselines and the held-out report against an in-memory tracker: what each
+records, how each run ends, and what a lost store does. Real Keras training on a few digits."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.baselines import baseline_recipes, run_baselines
+from search.config import build_config
+from search.datasets import StudyData, load_data
+from search.mlflow_tracker import MlflowTracker
+from search.names import BASELINES_ATTR, FAIL_REASON_ATTR, INTERRUPTED_ATTR, RUN_ID_ATTR
+from search.recording import close_runs_left_running, close_trial_run
+from search.report import heldout_report
+from search.study import count_trials, quiet_optuna
+from search.tracking import Tracker, TrackingLost
+from search.training import prepare_training
+from search.worker import Objective, run_trials
+from tests.search.memory_tracker import MemoryTracker
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """A 2-fold, 2-epoch digits config, 150 training and 60 held-out images, its training."""
+    quiet_optuna()
+    config = build_config("digits", n_trials=1, n_folds=2, max_epochs=2, seed=0,
+                          overrides=["data.heldout_fraction=0.2"])
+    full = load_data(config.spec.data, where="digits", seed=0)
+    data = StudyData(full.train.subset(range(150)), full.heldout.subset(range(60)),
+                     full.augment_preset)
+    return config, data, prepare_training(config, data)
+
+
+def _objective(digits, tracker, models=None) -> tuple[Objective, str]:
+    config, data, training = digits
+    parent = tracker.open_parent(config.name, config.settings())
+    return Objective(config, data.train, training.folds, models or training.models, tracker,
+                     parent), parent
+
+
+def test_both_trackers_implement_the_protocol(tmp_path) -> None:
+    assert isinstance(MemoryTracker(), Tracker)
+    assert isinstance(MlflowTracker(f"sqlite:///{tmp_path}/mlflow.db"), Tracker)
+
+
+def test_a_complete_trial_is_one_child_run_with_its_recipe_folds_and_summary(digits) -> None:
+    tracker = MemoryTracker()
+    objective, parent = _objective(digits, tracker)
+    study = optuna.create_study()
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+    (run,) = tracker.children(parent)
+    assert trial.state == TrialState.COMPLETE and run.status == "COMPLETE"
+    assert trial.user_attrs[RUN_ID_ATTR] in tracker.runs
+    assert run.tags["optuna.trial_number"] == "0" and run.tags["regsearch.role"] == "trial"
+    assert run.params["dropout"] == str(trial.user_attrs["recipe"]["dropout"])
+    assert sorted(run.folds) == [0, 1]
+    assert all(len(curves["val_loss"]) >= 1 for curves in run.folds.values())
+    assert run.metrics["cv_val_loss"] == pytest.approx(trial.value)
+
+
+def test_a_recipe_that_raises_fails_its_trial_and_its_run_with_one_reason(digits) -> None:
+    def build(recipe, **_):  # noqa: ANN001, ANN003
+        raise ValueError("the model refuses this recipe")
+
+    tracker = MemoryTracker()
+    objective, parent = _objective(digits, tracker, models=build)
+    study = optuna.create_study()
+    study.optimize(objective, n_trials=1, catch=(Exception,))
+    trial = study.trials[0]
+    (run,) = tracker.children(parent)
+    reason = "ValueError: the model refuses this recipe"
+    assert trial.state == TrialState.FAIL and trial.user_attrs[FAIL_REASON_ATTR] == reason
+    assert (run.status, run.reason) == ("FAIL", reason)
+    assert count_trials(study)["budget"] == 1
+
+
+def test_a_stop_interrupts_the_trial_in_both_and_costs_no_budget(digits) -> None:
+    def build(recipe, **_):  # noqa: ANN001, ANN003
+        raise KeyboardInterrupt("stopped by SIGTERM")
+
+    tracker = MemoryTracker()
+    objective, parent = _objective(digits, tracker, models=build)
+    study = optuna.create_study()
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+    (run,) = tracker.children(parent)
+    assert trial.state == TrialState.FAIL and trial.user_attrs[INTERRUPTED_ATTR] is True
+    assert (run.status, run.reason) == ("INTERRUPTED", "interrupted (stopped by SIGTERM)")
+    assert count_trials(study)["budget"] == 0
+
+
+def test_a_tracker_lost_mid_trial_stops_the_loop_and_the_next_run_closes_its_run(digits) -> None:
+    tracker = MemoryTracker(lose_at="log_fold")
+    objective, parent = _objective(digits, tracker)
+    study = optuna.create_study(study_name="digits")
+    with pytest.raises(TrackingLost):
+        run_trials(study, objective, n_trials=3)
+    trial = study.trials[0]
+    assert len(study.trials) == 1 and trial.state == TrialState.FAIL
+    assert trial.user_attrs[INTERRUPTED_ATTR] is True
+    assert count_trials(study)["budget"] == 0
+    (run,) = tracker.children(parent)
+    assert run.status == "RUNNING"  # nothing could be written
+    tracker.lose_at = None  # the store is back: the next run closes what was left open
+    assert close_runs_left_running(tracker, study) == [0]
+    assert run.status == "INTERRUPTED" and run.reason.startswith("interrupted (")
+
+
+def test_a_trial_failed_on_its_process_behalf_closes_its_run_with_the_reason(digits) -> None:
+    tracker = MemoryTracker()
+    parent = tracker.open_parent("s", {})
+    run_id = tracker.start_run(parent, "trial-0", {}, {})
+    study = optuna.create_study()
+    trial = study.ask()
+    trial.set_user_attr(RUN_ID_ATTR, run_id)
+    trial.set_user_attr(FAIL_REASON_ATTR, "its worker process h:1 ended (killed)")
+    study.tell(trial, state=TrialState.FAIL)
+    close_trial_run(tracker, study.trials[0])
+    assert (tracker.runs[run_id].status, tracker.runs[run_id].reason) == \
+        ("FAIL", "its worker process h:1 ended (killed)")
+
+
+def test_baselines_are_recorded_like_trials_and_kept_in_the_study(digits) -> None:
+    config, data, training = digits
+    tracker = MemoryTracker()
+    parent = tracker.open_parent(config.name, config.settings())
+    study = optuna.create_study()
+    recipes = {k: v for k, v in baseline_recipes(config, "reference").items() if k == "l2"}
+    outcomes = run_baselines(study, config, recipes, data=data.train, folds=training.folds,
+                             models=training.models, tracker=tracker, parent_run_id=parent)
+    (run,) = tracker.children(parent)
+    assert run.status == "COMPLETE" and run.tags["baseline"] == "l2"
+    assert run.tags["regsearch.role"] == "baseline" and run.params["l2"] == "0.0001"
+    assert sorted(run.folds) == [0, 1]
+    stored = study.user_attrs[BASELINES_ATTR]["l2"]
+    assert stored[RUN_ID_ATTR] in tracker.runs and "running_in" not in stored
+    assert outcomes["l2"]["cv_val_loss"] == pytest.approx(run.metrics["cv_val_loss"])
+
+
+def test_the_heldout_report_logs_its_table_and_curves_on_the_parent(digits) -> None:
+    config, data, training = digits
+    tracker = MemoryTracker()
+    parent = tracker.open_parent(config.name, config.settings())
+    study = optuna.create_study()
+    recipe = baseline_recipes(config, "reference")["none"].to_dict()
+    rows = heldout_report(study, {"none": {"recipe": recipe, "best_epochs": [1, 1],
+                                           "cv_val_loss": 1.0}},
+                          train=data.train, heldout=data.heldout, models=training.models,
+                          seed=0, tracker=tracker, parent_run_id=parent)
+    assert [r["label"] for r in rows] == ["none"] and rows[0]["epochs"] == 2
+    assert sorted(tracker.runs[parent].artifacts) == [
+        "heldout_report.json", "heldout_report.md", "learning_curves.png"]
+    assert tracker.runs[parent].metrics["heldout_loss/none"] == pytest.approx(
+        rows[0]["heldout_loss"])
