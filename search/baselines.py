@@ -9,12 +9,13 @@ from search.names import (
     BASELINES_ATTR,
     BEST_EPOCHS_ATTR,
     FAIL_REASON_ATTR,
+    FOLD_LOSSES_ATTR,
     RUN_ID_ATTR,
     RUNNING_IN_KEY,
 )
 from search.liveness import killed_reason, process_gone, this_process
 from search.progress import StudyProgress, job
-from search.recording import make_recipe, start_run, train_recorded
+from search.recording import fold_losses, make_recipe, start_run, train_recorded
 from spaces.strengths import OFF
 
 if TYPE_CHECKING:
@@ -89,14 +90,15 @@ def run_baselines(study: Any, config: Any, recipes: dict[str, Any], *, data: Any
             try:
                 result, summary = train_recorded(tracker, run_id, lambda on_fold: cross_validate(
                     data, folds, recipe, models, seed=config.seed, class_weight=class_weight,
-                    on_fold=on_fold, **hooks))
+                    on_fold=on_fold, **hooks), n_classes=data.n_classes)
             except TrainingFailed as exc:
                 outcome[FAIL_REASON_ATTR] = str(exc)
             except KeyboardInterrupt:
                 study.set_user_attr(BASELINES_ATTR, done)  # closed: nothing left to clean up
                 raise
             else:
-                outcome.update(summary, **{BEST_EPOCHS_ATTR: [f.best_epoch for f in result.folds]})
+                outcome.update(summary, **{BEST_EPOCHS_ATTR: [f.best_epoch for f in result.folds],
+                                           FOLD_LOSSES_ATTR: fold_losses(result)})
         done[name] = outcome
         study.set_user_attr(BASELINES_ATTR, done)
         if console is not None:

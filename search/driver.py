@@ -34,6 +34,7 @@ from search.progress import StudyProgress, best_trials_table
 from search.recipe_file import recipe_document, write_recipe
 from search.recording import close_runs_left_running, close_trial_run
 from search.redact import redact_url
+from search.selection import nothing_selected, ranked_trials, selected_trial
 from search.stores import EXIT_STORE_LOST
 from search.study import STALE_REASON, count_trials, open_study, quiet_optuna
 from search.tracking import Tracker
@@ -282,10 +283,11 @@ def _report(study, config, data, training, tracker, parent, baselines,  # noqa: 
     """Retrain the selected trial and the baselines; print and log the held-out table."""
     from search.report import heldout_report, report_table
 
-    rows = best_rows(study, k=1)
-    if not rows:
+    best = selected_trial(study)
+    if best is None:
+        console.print(f"held-out report: nothing to report; {nothing_selected(study)}",
+                      highlight=False, soft_wrap=True)
         return
-    best = study.best_trial
     candidates = {f"selected (trial {best.number})": {
         "recipe": best.user_attrs[RECIPE_ATTR], "best_epochs": best.user_attrs[BEST_EPOCHS_ATTR],
         "cv_val_loss": best.value}}
@@ -300,30 +302,25 @@ def _report(study, config, data, training, tracker, parent, baselines,  # noqa: 
 
 
 def _best_value(study: optuna.Study) -> float | None:
-    try:
-        return study.best_value
-    except ValueError:
-        return None
+    best = selected_trial(study)
+    return None if best is None else best.value
 
 
 def best_rows(study: optuna.Study, k: int = 5) -> list[dict[str, Any]]:
-    """The ``k`` complete trials with the lowest objective, as plain rows."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.value is not None and math.isfinite(t.value)]
-    done.sort(key=lambda t: t.value)
+    """The ``k`` selectable trials (`search.selection`) with the lowest CV loss, as rows."""
     return [
         {"number": t.number, "value": t.value, "std": t.user_attrs.get("cv_val_loss_std", math.nan),
          "accuracy": t.user_attrs.get("cv_val_accuracy", math.nan),
          "gap": t.user_attrs.get("generalization_gap", math.nan),
          "params": t.user_attrs.get(RECIPE_ATTR, {})}
-        for t in done[:k]
+        for t in ranked_trials(study)[:k]
     ]
 
 
 def print_best(study: optuna.Study, config: StudyConfig, console: Console) -> None:
     rows = best_rows(study)
     if not rows:
-        console.print("no complete trial yet.")
+        console.print(nothing_selected(study), highlight=False, soft_wrap=True)
         return
     console.print(best_trials_table(rows, list(config.spec.space.names),
                                     title=f"best trials of {config.name}"))
@@ -337,8 +334,8 @@ def finish_parent(study: optuna.Study, config: StudyConfig, tracker: Tracker, pa
                         step=len(study.trials))
     with tempfile.TemporaryDirectory() as tmp:
         rows = best_rows(study, k=1)
-        if rows:
-            best = study.best_trial
+        best = selected_trial(study)
+        if best is not None:
             tracker.log_metrics(parent, {"best_cv_val_loss": best.value}, step=len(study.trials))
             tags = {f"best.{k}": str(v) for k, v in rows[0]["params"].items()}
             tags["best.trial_number"] = str(best.number)

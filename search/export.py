@@ -49,6 +49,7 @@ def export(study: str, *, output: str | None = None, fmt: str | None = None,
     from search.config import default_storage
     from search.recipe_file import recipe_document, write_recipe
     from search.redact import redact_url
+    from search.selection import at_chance, n_classes_of, nothing_selected, selected_trial
     from search.study import open_storage, quiet_optuna
     from spaces import load_study
 
@@ -69,10 +70,9 @@ def export(study: str, *, output: str | None = None, fmt: str | None = None,
         raise LookupError(f"no study {name!r} in {redact_url(storage)}; stored studies: "
                           f"{', '.join(known) or 'none'}.") from None
     if trial_number is None:
-        complete = loaded.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not complete:
-            raise ValueError(f"study {name!r} has no complete trial yet; run more trials first.")
-        trial = loaded.best_trial
+        trial = selected_trial(loaded)
+        if trial is None:
+            raise ValueError(nothing_selected(loaded))
     else:
         by_number = {t.number: t for t in loaded.get_trials(deepcopy=False)}
         if trial_number not in by_number:
@@ -82,6 +82,10 @@ def export(study: str, *, output: str | None = None, fmt: str | None = None,
         if trial.state != TrialState.COMPLETE:
             raise ValueError(f"trial {trial_number} of {name!r} is {trial.state.name}; only a "
                              f"complete trial has a recipe to export.")
+        if at_chance(trial, n_classes_of(loaded)):
+            raise ValueError(f"trial {trial_number} of {name!r} did not beat chance level "
+                             f"(cv val_loss {trial.value:.4g}): its recipe learned nothing; "
+                             f"export a trial that did, or leave out --trial for the selected one.")
     fmt = fmt or ("json" if output and output.endswith(".json") else "yaml")
     output = output or f"{name}_recipe.{fmt}"
     document = recipe_document(loaded, trial, storage=redact_url(storage))

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
+import tempfile
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from search.names import FAIL_REASON_ATTR, RETRY_OF_ATTR, WORKER_ATTR, WORKER_NS_ATTR
+from search.names import (
+    FAIL_REASON_ATTR,
+    RETRY_OF_ATTR,
+    WORKER_ATTR,
+    WORKER_NS_ATTR,
+    WORKER_START_ATTR,
+)
 
 
 def worker_id() -> str:
@@ -16,13 +25,61 @@ def worker_id() -> str:
 
 def this_process() -> dict[str, str]:
     """What a trial (user attributes) or a baseline records of the process running it, for
-    `process_gone`: ``{WORKER_ATTR: host:pid, WORKER_NS_ATTR: its PID namespace}``."""
-    return {WORKER_ATTR: worker_id(), WORKER_NS_ATTR: pid_namespace()}
+    `process_gone`: its ``host:pid``, PID namespace and start time."""
+    return {WORKER_ATTR: worker_id(), WORKER_NS_ATTR: pid_namespace(),
+            WORKER_START_ATTR: _started(os.getpid())}
 
 
 def killed_reason(record: Mapping[str, Any]) -> str:
-    """Why a trial or baseline whose process `process_gone` was ended: the failure's reason."""
-    return f"its worker process {record.get(WORKER_ATTR)} ended without recording an outcome (killed)"
+    """Why a trial or baseline whose process `process_gone` was ended: the failure's reason.
+
+    A process that stopped because a store stopped answering left word of it (`record_exit`);
+    any other ended without a word: killed (SIGKILL, the out-of-memory killer) or crashed.
+    """
+    worker = record.get(WORKER_ATTR)
+    cause = exit_cause(record)
+    if cause is not None:
+        return f"its worker process {worker} stopped: {cause}"
+    return f"its worker process {worker} ended without recording an outcome (killed)"
+
+
+def record_exit(cause: str) -> None:
+    """Leave word on this host of why this process stops without recording its trial's end.
+
+    A store that stopped answering cannot take the trial's outcome; the next run that opens
+    the study fails the trial on this process's behalf (`fail_orphaned_trials`) and gives
+    this cause as the reason, instead of "killed". Best effort: nothing is raised.
+    """
+    try:
+        path = _exit_file(this_process())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(cause)
+    except OSError:
+        pass
+
+
+def exit_cause(record: Mapping[str, Any]) -> str | None:
+    """The cause `record_exit` left for the process ``record`` names (`this_process`), if any."""
+    try:
+        return _exit_file(record).read_text() or None
+    except OSError:
+        return None
+
+
+def _exit_file(record: Mapping[str, Any]) -> Path:
+    # one file per process: host, pid, PID namespace and start time name it (pids are reused)
+    key = "|".join(str(record.get(k, "")) for k in (WORKER_ATTR, WORKER_NS_ATTR, WORKER_START_ATTR))
+    name = hashlib.sha256(key.encode()).hexdigest()[:24]
+    return Path(tempfile.gettempdir()) / "regsearch-exits" / name
+
+
+def _started(pid: int) -> str:
+    """Process ``pid``'s start time (clock ticks after boot, /proc), "" where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rpartition(")")[2].split()[19]  # field 22; the name may hold spaces
 
 
 def pid_namespace() -> str:
@@ -78,12 +135,20 @@ def process_gone(record: Mapping[str, Any]) -> bool:
         return True
     except PermissionError:  # it exists, under another user
         return False
-    return False
+    # the pid runs, but a later process may have been given it
+    started = record.get(WORKER_START_ATTR)
+    return bool(started) and _started(int(pid)) not in ("", started)
 
 
 def _fail_running(study: Any, reason_of: Callable[[Any], str | None],
                   on_failed: Callable[[Any], None] | None) -> list[int]:
-    """Fail each RUNNING trial that ``reason_of`` gives a reason for; queue one retry of each.
+    """Fail each RUNNING trial that ``reason_of`` gives a reason for, and queue its recipe again.
+
+    A trial whose process died is not its recipe's fault, so its recipe is queued once more
+    and the failed trial no longer counts against the budget (`search.study.count_trials`).
+    A retry that dies again is not queued a third time, and counts (a recipe that takes its
+    process down, out of memory say, would otherwise be retried for ever), unless its process
+    left word that a store stopped answering (`record_exit`): that is never the recipe's fault.
 
     Safe against another process failing the same trial at the same moment (two workers
     joining together, or the heartbeat): the storage lets one of them finish it, and only
@@ -105,7 +170,7 @@ def _fail_running(study: Any, reason_of: Callable[[Any], str | None],
         except UpdateFinishedTrialError:
             continue  # another process finished it first
         frozen = storage.get_trial(trial._trial_id)
-        if RETRY_OF_ATTR not in trial.user_attrs:  # one retry, like the heartbeat path
+        if RETRY_OF_ATTR not in trial.user_attrs or exit_cause(trial.user_attrs) is not None:
             study.enqueue_trial(trial.params, user_attrs={RETRY_OF_ATTR: trial.number})
         if on_failed is not None:
             on_failed(frozen)

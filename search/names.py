@@ -18,10 +18,13 @@ FAIL_REASON_ATTR = "fail_reason"  # why the trial failed or was interrupted (als
 INTERRUPTED_ATTR = "interrupted"  # stopped by a signal or a lost store: not counted in the budget
 RUN_ID_ATTR = "mlflow_run_id"  # the trial's (or a baseline's) MLflow child run
 BEST_EPOCHS_ATTR = "best_epochs"  # each fold's best epoch (0-based)
+FOLD_LOSSES_ATTR = "fold_val_losses"  # each fold's best validation loss (the objective's terms)
+AT_CHANCE_ATTR = "at_chance"  # True: some fold never beat chance level; never selected
 RETRY_OF_ATTR = "retry_of"  # a trial queued again after its worker died: the failed one's number
 ENQUEUED_ATTR = "enqueued"  # "defaults": the study file's defaults, queued as the first trial
 WORKER_ATTR = "worker"  # host:pid of the process that ran the trial
 WORKER_NS_ATTR = "worker_pid_namespace"  # that process's PID namespace (`search.liveness`)
+WORKER_START_ATTR = "worker_started"  # its start time (clock ticks after boot): tells pid reuse
 # in a baseline's stored outcome while it trains: the process training it
 RUNNING_IN_KEY = "running_in"
 
@@ -37,3 +40,4 @@ INTERRUPTED_TAG = INTERRUPTED_ATTR
 BASELINE_TAG = "baseline"  # a baseline run's name
 WORKER_TAG = WORKER_ATTR
 BACKEND_TAG = "keras_backend"
+AT_CHANCE_TAG = "regsearch.at_chance"  # "true" on a run whose recipe never beat chance level

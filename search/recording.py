@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from search.names import (
+    AT_CHANCE_TAG,
     FAIL_REASON_ATTR,
     INTERRUPTED_ATTR,
     ROLE_TAG,
@@ -17,6 +18,7 @@ from search.names import (
     TRIAL_NUMBER_TAG,
     TRIAL_STATE_TAG,
 )
+from search.selection import beats_chance
 from search.tracking import RunState, Tracker, TrackingLost
 
 if TYPE_CHECKING:  # the trainers import Keras; a CLI mistake is answered before that
@@ -46,13 +48,15 @@ def start_run(tracker: Tracker, parent_run_id: str, recipe: "Recipe", *, name: s
         **(tags or {})})
 
 
-def train_recorded(tracker: Tracker, run_id: str, train: Train, *, lead_seconds: float = 0.0,
+def train_recorded(tracker: Tracker, run_id: str, train: Train, *, n_classes: int,
+                   lead_seconds: float = 0.0,
                    on_failed: Callable[[RunState, str], None] | None = None,
                    ) -> tuple["CVResult", dict[str, float]]:
     """Run ``train`` with each fold's curves logged on ``run_id``, then close the run.
 
     A finished training logs its summary (`summarize`) and closes COMPLETE, or PRUNED when
-    the pruner stopped it. An exception closes the run INTERRUPTED (Ctrl-C, SIGTERM) or FAIL,
+    the pruner stopped it; a recipe that did not beat chance level (ln ``n_classes``) in
+    every fold is tagged so (`search.selection`). An exception closes the run INTERRUPTED (Ctrl-C, SIGTERM) or FAIL,
     with its reason, after ``on_failed(state, reason)`` (the caller records it first, in
     Optuna), and propagates. `TrackingLost` propagates at once: nothing more can be written.
 
@@ -72,8 +76,15 @@ def train_recorded(tracker: Tracker, run_id: str, train: Train, *, lead_seconds:
         raise
     summary = summarize(result, lead_seconds=lead_seconds)
     tracker.log_metrics(run_id, summary)
+    if not beats_chance(fold_losses(result), n_classes):
+        tracker.set_tags(run_id, {AT_CHANCE_TAG: "true"})
     tracker.finish_run(run_id, "PRUNED" if result.stopped else "COMPLETE")
     return result, summary
+
+
+def fold_losses(result: "CVResult") -> list[float]:
+    """Each fold's best validation loss: the terms of the CV loss, paired across recipes."""
+    return [f.val_loss for f in result.folds]
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -147,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error_text(exc)}", file=sys.stderr)
         return EXIT_USAGE
     from search.driver import run_study, run_worker  # imports Keras: settings are valid
+    from search.liveness import record_exit
     from search.stopping import remember_ctrl_c, stop_cleanly_on, stop_with_launcher
     from search.stores import EXIT_STORE_LOST
     from search.tracking import TrackingLost
@@ -169,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except TrackingLost as exc:
+        record_exit(str(exc))
         print(f"error: {exc}; the running trial is marked failed and does not count against "
               f"the budget: run the same command again once MLflow answers", file=sys.stderr)
         return EXIT_STORE_LOST
@@ -179,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cause = lost_cause(exc, config.storage)
         if cause is None:
             raise  # regsearch's own error: keep its traceback
+        record_exit(f"the Optuna storage {redact_url(config.storage)} stopped answering ({cause})")
         print(f"error: the Optuna storage {redact_url(config.storage)} stopped answering "
               f"({cause}); the next run that opens the study fails the trial this one was "
               f"running (at once on this host, after the heartbeat's grace period on another): "

@@ -12,7 +12,13 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import StudyConfig
-from search.names import ENQUEUED_ATTR, INTERRUPTED_ATTR, RUN_ID_ATTR, SETTINGS_ATTR
+from search.names import (
+    ENQUEUED_ATTR,
+    INTERRUPTED_ATTR,
+    RETRY_OF_ATTR,
+    RUN_ID_ATTR,
+    SETTINGS_ATTR,
+)
 from search.redact import redact_url
 from search.stores import retry_schema_race, schema_lock, store_error
 from spaces import default_params
@@ -253,17 +259,22 @@ def open_study(config: StudyConfig, *, create: bool = True,
 def count_trials(study: optuna.Study) -> dict[str, int]:
     """Count trials by outcome; ``budget`` is what counts against ``--trials``.
 
-    Trials cut short by Ctrl-C are failed but do not use up the budget: a resumed study
-    runs them again.
+    A stop that is not the recipe's fault costs no budget: a trial interrupted (Ctrl-C,
+    SIGTERM, a store that stopped answering) or whose recipe was queued again (its process
+    was killed, or stopped sending heartbeats) is counted apart, and the recipe trains again.
     """
     trials = study.get_trials(deepcopy=False)
+    requeued = ({t.user_attrs.get(RETRY_OF_ATTR) for t in trials}
+                | {n for t in trials for n in t.system_attrs.get("retry_history", ())})
+
+    def stopped(t: FrozenTrial) -> bool:
+        return bool(t.user_attrs.get(INTERRUPTED_ATTR)) or t.number in requeued
+
     counts = {
         "complete": sum(t.state == TrialState.COMPLETE for t in trials),
         "pruned": sum(t.state == TrialState.PRUNED for t in trials),
-        "failed": sum(t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED_ATTR)
-                      for t in trials),
-        "interrupted": sum(t.state == TrialState.FAIL and bool(t.user_attrs.get(INTERRUPTED_ATTR))
-                           for t in trials),
+        "failed": sum(t.state == TrialState.FAIL and not stopped(t) for t in trials),
+        "interrupted": sum(t.state == TrialState.FAIL and stopped(t) for t in trials),
         "running": sum(t.state == TrialState.RUNNING for t in trials),
     }
     counts["budget"] = counts["complete"] + counts["pruned"] + counts["failed"] + counts["running"]

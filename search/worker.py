@@ -15,16 +15,20 @@ from search.liveness import this_process
 from search.names import (
     BACKEND_ATTR,
     BACKEND_TAG,
+    AT_CHANCE_ATTR,
     BEST_EPOCHS_ATTR,
     FAIL_REASON_ATTR,
+    FOLD_LOSSES_ATTR,
     INTERRUPTED_ATTR,
     RECIPE_ATTR,
+    RETRY_OF_ATTR,
     RUN_ID_ATTR,
     WORKER_ATTR,
     WORKER_TAG,
 )
 from search.progress import StudyProgress
-from search.recording import make_recipe, start_run, train_recorded
+from search.recording import failure_reason, fold_losses, make_recipe, start_run, train_recorded
+from search.selection import beats_chance
 from search.stopping import check_stop, trainer_hooks
 from search.study import count_trials
 from search.tracking import RunState, Tracker, TrackingLost
@@ -64,10 +68,25 @@ class Objective:
             # nothing more can be written to MLflow: end the trial like an interrupted one,
             # in Optuna only, so it does not use up the budget; its MLflow run is closed by the
             # next run that reaches the store (`search.recording.close_runs_left_running`)
-            trial.set_user_attr(INTERRUPTED_ATTR, True)
-            trial.set_user_attr(FAIL_REASON_ATTR, f"interrupted ({exc})")
+            self._interrupted(trial, f"interrupted ({exc})")
             self.lost = exc
             raise
+        except KeyboardInterrupt as exc:
+            self._interrupted(trial, failure_reason(exc))
+            raise
+
+    @staticmethod
+    def _interrupted(trial: optuna.Trial, reason: str) -> None:
+        """Mark a trial stopped for a reason not its recipe's, and queue its recipe again.
+
+        It does not count against the budget (`search.study.count_trials`), and the queued
+        copy (first in line: Optuna runs queued trials before sampling) trains it later, in
+        this run or the next: the study's first, default recipe included.
+        """
+        if not trial.user_attrs.get(INTERRUPTED_ATTR):
+            trial.set_user_attr(INTERRUPTED_ATTR, True)
+            trial.set_user_attr(FAIL_REASON_ATTR, reason)
+        trial.study.enqueue_trial(trial.params, user_attrs={RETRY_OF_ATTR: trial.number})
 
     def _run(self, trial: optuna.Trial) -> float:
         entered = time.perf_counter()
@@ -102,14 +121,19 @@ class Objective:
         lead = time.perf_counter() - entered  # sampling, MLflow run, storage writes
         result, summary = train_recorded(
             self.tracker, run_id,
+            # a recipe stuck at chance level completes with its (bad) CV loss: see
+            # `search.selection` for why that, not a failure, and why it is never selected
             lambda on_fold: cross_validate(
                 self.data, self.folds, recipe, self.models, seed=self.config.seed,
                 on_epoch=on_epoch, on_fold=on_fold, class_weight=self.class_weight,
-                on_batch=hooks["on_batch"]),
-            lead_seconds=lead, on_failed=on_failed)
+                on_batch=hooks["on_batch"], fail_at_chance=False),
+            n_classes=self.data.n_classes, lead_seconds=lead, on_failed=on_failed)
         for key, value in summary.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr(BEST_EPOCHS_ATTR, [f.best_epoch for f in result.folds])
+        trial.set_user_attr(FOLD_LOSSES_ATTR, fold_losses(result))
+        trial.set_user_attr(AT_CHANCE_ATTR,
+                            not beats_chance(fold_losses(result), self.data.n_classes))
         if result.stopped:
             raise optuna.TrialPruned(f"pruned after {len(result.folds)} fold(s)")
         return result.val_loss
@@ -169,6 +193,11 @@ def announce(progress: StudyProgress, trial: optuna.trial.FrozenTrial) -> None:
         detail = f" ({trial.user_attrs.get(FAIL_REASON_ATTR, 'no reason recorded')})"
     elif state == "PRUNED" and trial.last_step is not None:
         detail = f" at step {trial.last_step}"
+    if value is not None and trial.user_attrs.get(AT_CHANCE_ATTR):
+        # complete, but never the answer (`search.selection`): not the study's best either
+        detail = (f" with cv val_loss {value:.4g}, no better than chance level "
+                  f"(never selected)")
+        value = None
     if value is not None and not math.isfinite(value):
         value = None
     progress.trial_finished(trial.number, state, value, detail)

@@ -38,12 +38,15 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("tests", KERAS_TESTS, ids=lambda path: Path(path).stem)
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
-def test_trainer_tests_pass_on(backend: str) -> None:
+def test_trainer_tests_pass_on(backend: str, tests: str) -> None:
+    # one test file a process: pytest-xdist spreads them over its workers (one process for
+    # all five files on JAX took 17 minutes on 2 busy cores, the suite's longest test)
     _needs(backend)
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:logging",
-         *KERAS_TESTS],
+         "-n", "0", tests],
         cwd=ROOT, env=_env(KERAS_BACKEND=backend), capture_output=True, text=True, timeout=1800,
     )
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from search.config import build_config
 from search.export import export
-from search.study import open_study
+from search.study import count_trials, open_study
 from spaces import values_from_params
 from tests.search.running import LONG_TRIALS, start_training, with_trials
 
@@ -185,8 +185,12 @@ def test_ctrl_c_or_sigterm_ends_the_trial_cleanly_and_a_rerun_resumes(
     assert rerun.stderr.rstrip().endswith(
         "compare the trials: mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db")
     study = optuna.load_study(study_name="digits", storage=storage)
-    # the interrupted trial did not use up the budget of 1: a new one ran to completion
-    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    # the interrupted trial did not use up the budget of 1, and its recipe (the study's
+    # default, queued first) was trained again, not lost
+    trials = study.trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[0].user_attrs.get("enqueued") == "defaults"
+    assert trials[1].params == trials[0].params and trials[1].user_attrs["retry_of"] == 0
 
 
 def test_a_rerun_fails_and_requeues_the_trial_of_a_killed_run_at_once(tmp_path: Path) -> None:
@@ -196,15 +200,18 @@ def test_a_rerun_fails_and_requeues_the_trial_of_a_killed_run_at_once(tmp_path: 
     assert optuna.load_study(study_name="digits", storage=storage).trials[0].state \
         == TrialState.RUNNING
 
-    # well inside the heartbeat's grace period
-    rerun = subprocess.run(LONG_TRIALS, cwd=tmp_path, env=ENV,
+    # well inside the heartbeat's grace period; a budget of 1: the killed trial was the last
+    rerun = subprocess.run(with_trials(LONG_TRIALS, 1), cwd=tmp_path, env=ENV,
                            capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert "trial(s) [0] of a worker process that was killed" in rerun.stderr, rerun.stderr
 
-    trials = optuna.load_study(study_name="digits", storage=storage).trials
-    # the killed trial counts as failed; its queued retry is the rerun's second trial
+    study = optuna.load_study(study_name="digits", storage=storage)
+    trials = study.trials
+    # the kill was not the recipe's fault: it costs no budget, and its queued retry trained
+    # (nothing left WAITING), so the one counted trial is a trained one
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert count_trials(study)["budget"] == 1 and count_trials(study)["interrupted"] == 1
     assert trials[0].user_attrs["fail_reason"] == (
         f"its worker process {trials[0].user_attrs['worker']} ended without recording an "
         f"outcome (killed)")

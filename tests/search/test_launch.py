@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -16,8 +17,9 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from search.gpus import plan_workers
-from search.liveness import fail_orphaned_trials, pid_namespace, process_gone
-from search.names import WORKER_ATTR, WORKER_NS_ATTR
+from search.liveness import _started, fail_orphaned_trials, pid_namespace, process_gone
+from search.names import WORKER_ATTR, WORKER_NS_ATTR, WORKER_START_ATTR
+from search.study import count_trials
 from search.run import _worker_argv
 from tests.search.running import training_trials
 
@@ -103,6 +105,34 @@ def test_process_gone_tells_a_dead_local_process_from_a_live_or_remote_one() -> 
     assert not _gone(f"{host}:{_ended_pid()}", "pid:[1]")
     assert not process_gone({WORKER_ATTR: f"{host}:{_ended_pid()}"})
     assert not _gone("", here)
+
+
+def test_process_gone_sees_a_pid_given_to_a_later_process() -> None:
+    live = {WORKER_ATTR: f"{socket.gethostname()}:{os.getppid()}", WORKER_NS_ATTR: pid_namespace()}
+    started = _started(os.getppid())
+    assert started and not process_gone({**live, WORKER_START_ATTR: started})
+    assert process_gone({**live, WORKER_START_ATTR: str(int(started) - 1)})  # another process
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # trials made by ask(), not optimize()
+def test_a_process_that_lost_its_store_is_named_so_and_its_recipe_queued_again(tmp_path) -> None:
+    cause = "the Optuna storage postgresql://u:***@db/optuna stopped answering (connection refused)"
+    ended = subprocess.run(
+        [sys.executable, "-c", "import json, sys; from search.liveness import record_exit, "
+         "this_process; print(json.dumps(this_process())); record_exit(sys.argv[1])", cause],
+        capture_output=True, text=True, check=True)
+    record = json.loads(ended.stdout)
+    study = optuna.create_study(study_name="s")
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    for key, value in {**record, "retry_of": 7}.items():  # already a retry: queued again anyway
+        trial.set_user_attr(key, value)
+
+    assert fail_orphaned_trials(study) == [trial.number]
+    failed, queued = study.get_trials()
+    assert failed.user_attrs["fail_reason"] == (
+        f"its worker process {record[WORKER_ATTR]} stopped: {cause}")
+    assert queued.state == TrialState.WAITING and queued.user_attrs["retry_of"] == trial.number
+    assert count_trials(study)["budget"] == 0  # a lost store is not the recipe's fault
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # trials made by ask(), not optimize()
@@ -257,11 +287,18 @@ def test_sigterm_to_the_launcher_stops_every_worker_cleanly(tmp_path) -> None:
     assert "Traceback" not in output
 
     trials = optuna.load_study(study_name="digits", storage=storage).get_trials()
-    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
     stopped = [t for t in trials if t.user_attrs.get("interrupted")]
     assert stopped and all(t.state == TrialState.FAIL for t in stopped)
+    # what waits is each stopped trial's recipe, queued once to train in the next run
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    assert sorted(t.user_attrs["retry_of"] for t in waiting) == sorted(t.number for t in stopped)
+    by_number = {t.number: t for t in trials}
+    assert all(t.system_attrs["fixed_params"] == by_number[t.user_attrs["retry_of"]].params
+               for t in waiting)
     assert {t.user_attrs["fail_reason"] for t in stopped} == {"interrupted (stopped by SIGTERM)"}
-    for pid in {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in trials}:
+    for pid in {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in trials
+                if t.state != TrialState.WAITING}:
         with pytest.raises(ProcessLookupError):  # no worker outlives the launcher
             os.kill(pid, 0)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
@@ -285,7 +322,8 @@ def test_workers_of_a_launcher_killed_outright_stop_cleanly_on_their_own(tmp_pat
     assert stopped and all(t.state == TrialState.FAIL for t in stopped)
     assert {t.user_attrs["fail_reason"] for t in stopped} == {"interrupted (its launcher ended)"}
     assert not [t for t in trials if t.state == TrialState.RUNNING]
-    for pid in {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in trials}:
+    for pid in {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in trials
+                if t.state != TrialState.WAITING}:
         for _ in range(60):  # the worker closes its stores and exits
             if not _runs(pid):
                 break

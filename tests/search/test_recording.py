@@ -91,6 +91,9 @@ def test_a_stop_interrupts_the_trial_in_both_and_costs_no_budget(digits) -> None
     assert trial.state == TrialState.FAIL and trial.user_attrs[INTERRUPTED_ATTR] is True
     assert (run.status, run.reason) == ("INTERRUPTED", "interrupted (stopped by SIGTERM)")
     assert count_trials(study)["budget"] == 0
+    # its recipe waits, queued, for the run that resumes
+    assert study.trials[1].state == TrialState.WAITING
+    assert study.trials[1].system_attrs["fixed_params"] == trial.params
 
 
 def test_a_tracker_lost_mid_trial_stops_the_loop_and_the_next_run_closes_its_run(digits) -> None:
@@ -99,9 +102,9 @@ def test_a_tracker_lost_mid_trial_stops_the_loop_and_the_next_run_closes_its_run
     study = optuna.create_study(study_name="digits")
     with pytest.raises(TrackingLost):
         run_trials(study, objective, n_trials=3)
-    trial = study.trials[0]
-    assert len(study.trials) == 1 and trial.state == TrialState.FAIL
-    assert trial.user_attrs[INTERRUPTED_ATTR] is True
+    trial, queued = study.trials  # the loop stopped; the lost trial's recipe waits, queued
+    assert trial.state == TrialState.FAIL and trial.user_attrs[INTERRUPTED_ATTR] is True
+    assert queued.state == TrialState.WAITING and queued.user_attrs["retry_of"] == 0
     assert count_trials(study)["budget"] == 0
     (run,) = tracker.children(parent)
     assert run.status == "RUNNING"  # nothing could be written

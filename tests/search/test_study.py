@@ -9,7 +9,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search.config import build_config
-from search.study import make_pruner
+from search.study import count_trials, make_pruner
 from search.worker import RunningCV
 
 EPOCHS, FOLDS = 10, 3
@@ -164,6 +164,8 @@ def test_a_trial_whose_worker_stopped_beating_is_failed_closed_in_mlflow_and_ret
     trials = study.get_trials()
     assert trials[0].state == TrialState.FAIL
     assert trials[1].state == TrialState.COMPLETE and trials[1].params == {"x": x}  # the retry
+    # the worker's death was not the recipe's fault: only the retry counts against the budget
+    assert count_trials(study)["budget"] == 1 and count_trials(study)["interrupted"] == 1
     run = tracker.client.get_run(run_id)
     assert run.info.status == "FAILED"
     assert run.data.tags["fail_reason"] == STALE_REASON
