@@ -336,6 +336,11 @@ class FinalResult:
     heldout_loss: float
     heldout_accuracy: float
     history: dict[str, list[float]] = field(repr=False)
+    # per held-out image, in the held-out split's order: cross-entropy (no penalty) and whether
+    # the top class was right; their means are heldout_loss and heldout_accuracy. Paired
+    # comparisons between recipes resample these (same images, same order).
+    heldout_losses: np.ndarray = field(repr=False, compare=False)
+    heldout_correct: np.ndarray = field(repr=False, compare=False)
 
     @property
     def generalization_gap(self) -> float:
@@ -361,7 +366,9 @@ def train_final(
     `cross_validate`; ``on_batch`` too, with fold 0.
 
     Returns:
-        Training and held-out cross-entropy and accuracy after the last epoch, with curves.
+        Training and held-out cross-entropy and accuracy after the last epoch, with curves,
+        and the held-out cross-entropy and correctness of every image (one ``predict`` after
+        training).
     """
     model = as_models(models).prepare(recipe, seed)
     history = model.fit(
@@ -374,10 +381,38 @@ def train_final(
         verbose=0,
     ).history
     history = {k: [float(v) for v in vs] for k, vs in history.items()}
+    probabilities = model.predict(heldout.x, batch_size=recipe.batch_size, verbose=0)
+    losses, correct = _per_image(probabilities, heldout.y)
     return FinalResult(
         epochs=epochs,
         train_loss=history[CROSS_ENTROPY][-1],
         heldout_loss=history[f"val_{CROSS_ENTROPY}"][-1],
         heldout_accuracy=history["val_accuracy"][-1],
         history=history,
+        heldout_losses=losses,
+        heldout_correct=correct,
     )
+
+
+def _per_image(probabilities: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cross-entropy and top-1 correctness of each image, from softmax outputs.
+
+    Computed as Keras' sparse categorical cross-entropy computes it, so the mean is the
+    ``val_cross_entropy`` that ``fit`` reports for the same weights.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    labels = np.asarray(labels).astype(np.int64)
+    rows = np.arange(len(labels))
+    if keras.backend.backend() == "tensorflow":
+        # Keras on TensorFlow reads the logits cached on a softmax output and does not clip:
+        # a right class at probability 1e-18 costs 41 there. Only a float32 underflow to 0
+        # needs a floor (-log of the smallest float32 is 103).
+        picked = np.maximum(probabilities[rows, labels],
+                            float(np.finfo(np.float32).smallest_subnormal))
+    else:
+        # JAX, PyTorch and NumPy renormalise, then clip to [epsilon, 1 - epsilon] (the same
+        # right class costs -log(1e-7) = 16.1 there).
+        eps = keras.config.epsilon()
+        normalised = probabilities / probabilities.sum(axis=-1, keepdims=True)
+        picked = np.clip(normalised[rows, labels], eps, 1.0 - eps)
+    return -np.log(picked), np.argmax(probabilities, axis=-1) == labels

@@ -228,24 +228,57 @@ def test_cross_validate_keeps_a_loss_far_above_chance_as_a_score() -> None:
     """Confident and wrong is a bad recipe, not a failed one: the sampler must see its score."""
     data = _blobs()
     folds = stratified_folds(data.y, 2, seed=0)
-
-    def confidently_wrong(recipe: Recipe) -> keras.Model:
-        # every image of class k is put in class k + 1 with logit margin ~40; a learning rate
-        # too small to move leaves it there on every backend, whatever the initial weights
-        inputs = keras.Input((4, 4, 1))
-        dense = keras.layers.Dense(3, use_bias=False, activation="softmax")
-        outputs = dense(keras.layers.Flatten()(inputs))
-        kernel = np.zeros((16, 3), "float32")
-        for label in range(3):
-            quadrant = np.zeros((4, 4), "float32")
-            quadrant[(label // 2) * 2:(label // 2) * 2 + 2, (label % 2) * 2:(label % 2) * 2 + 2] = 1
-            kernel[:, (label + 1) % 3] += 12.5 * quadrant.ravel()
-        dense.set_weights([kernel])
-        return keras.Model(inputs, outputs)
-
     result = cross_validate(data, folds, Recipe(max_epochs=2, batch_size=8, learning_rate=1e-9),
-                            confidently_wrong, seed=3)
+                            _confidently_wrong, seed=3)
     assert result.val_loss > 1.5 * math.log(3)
+
+
+def _confidently_wrong(recipe: Recipe) -> keras.Model:
+    """Put every image of class k in class k + 1 with logit margin ~40.
+
+    A learning rate too small to move (1e-9) leaves it there on every backend, whatever the
+    initial weights: the right class gets a probability of about 1e-17, below Keras' epsilon.
+    """
+    inputs = keras.Input((4, 4, 1))
+    dense = keras.layers.Dense(3, use_bias=False, activation="softmax")
+    outputs = dense(keras.layers.Flatten()(inputs))
+    kernel = np.zeros((16, 3), "float32")
+    for label in range(3):
+        quadrant = np.zeros((4, 4), "float32")
+        quadrant[(label // 2) * 2:(label // 2) * 2 + 2, (label % 2) * 2:(label % 2) * 2 + 2] = 1
+        kernel[:, (label + 1) % 3] += 12.5 * quadrant.ravel()
+    dense.set_weights([kernel])
+    return keras.Model(inputs, outputs)
+
+
+def _penalised(recipe: Recipe) -> keras.Model:
+    """A hidden layer with a strong L2 penalty, so Keras' val_loss is far from cross-entropy."""
+    inputs = keras.Input((4, 4, 1))
+    x = keras.layers.Flatten()(inputs)
+    x = keras.layers.Dense(16, activation="relu", kernel_regularizer=keras.regularizers.L2(1.0))(x)
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+
+
+def test_train_final_scores_every_heldout_image_and_the_means_are_the_reported_figures() -> None:
+    heldout = _blobs(n=30, seed=1)
+    result = train_final(_blobs(), heldout, Recipe(batch_size=8, learning_rate=1e-2),
+                         _penalised, epochs=3, seed=2)
+    assert result.heldout_losses.shape == (30,) and result.heldout_correct.shape == (30,)
+    assert result.heldout_correct.dtype == bool
+    assert np.all(result.heldout_losses > 0) and np.ptp(result.heldout_losses) > 1e-3
+    # plain cross-entropy: the mean is val_cross_entropy, not the penalised val_loss
+    assert result.heldout_losses.mean() == pytest.approx(result.heldout_loss, abs=1e-4)
+    assert result.history["val_loss"][-1] > result.heldout_loss + 0.1
+    assert result.heldout_correct.mean() == pytest.approx(result.heldout_accuracy, abs=1e-6)
+
+
+def test_train_final_per_image_losses_clip_as_keras_does_when_confidently_wrong() -> None:
+    result = train_final(_blobs(), _blobs(n=12, seed=1),
+                         Recipe(batch_size=8, learning_rate=1e-9), _confidently_wrong, epochs=1)
+    assert not result.heldout_correct.any() and result.heldout_accuracy == 0.0
+    # the right class sits below epsilon = 1e-7: 16.1 where Keras clips, ~40 on TensorFlow
+    assert result.heldout_losses.min() > -math.log(1e-7) - 1e-3
+    assert result.heldout_losses.mean() == pytest.approx(result.heldout_loss, abs=1e-4)
 
 
 def test_early_stopping_watches_the_cross_entropy_that_compile_model_adds() -> None:
