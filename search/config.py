@@ -60,6 +60,8 @@ class StudyConfig:
             one compiled model per worker (slower; for comparison).
         report: after the search, retrain the selected recipe (and baselines) on the whole
             training split and score the held-out split, when the data has one.
+        report_top: retrain the best this many trials for the report (the rank agreement
+            of CV and held-out loss needs several recipes); the selected one is the first.
     """
 
     spec: StudySpec
@@ -76,6 +78,7 @@ class StudyConfig:
     enqueue_defaults: bool = True
     baselines: str | None = None
     report: bool = True
+    report_top: int = 3
     precision: str = "float32"
     rebuild_per_trial: bool = False
     tpe_options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -87,6 +90,7 @@ class StudyConfig:
         check_choice("--sampler", self.sampler, SAMPLERS)
         check_choice("--pruner", self.pruner, PRUNERS)
         check_int("--seed", self.seed, low=0)
+        check_int("--report-top", self.report_top, low=1)
         check_choice("--precision", self.precision, PRECISIONS)
         if self.baselines is not None:
             check_choice("--baselines", self.baselines, tuple(BASELINE_SETS))
@@ -139,6 +143,7 @@ def build_config(
     overrides: tuple[str, ...] | list[str] = (),
     baselines: str | None = None,
     report: bool = True,
+    report_top: int = 3,
     precision: str = "float32",
     rebuild_per_trial: bool = False,
 ) -> StudyConfig:
@@ -170,6 +175,7 @@ def build_config(
         tpe_options=dict(s.tpe),
         baselines=baselines,
         report=report,
+        report_top=report_top,
         precision=precision,
         rebuild_per_trial=rebuild_per_trial,
     )

@@ -24,6 +24,7 @@ from search.names import (
     BACKEND_ATTR,
     BEST_EPOCHS_ATTR,
     DATA_ATTR,
+    FOLD_LOSSES_ATTR,
     PARENT_RUN_ATTR,
     RECIPE_ATTR,
     STORAGE_TAG,
@@ -80,13 +81,13 @@ def _open_session(config: StudyConfig, *, data_dir: str | None, progress: bool,
         tracker = MlflowTracker(config.tracking_uri)
     orphans = _fail_stale(study, tracker)
     unclosed = close_runs_left_running(tracker, study)
+    with user_input():  # before the parent run: a model that cannot be built leaves none open
+        training = prepare_training(config, data)
     parent = _agree_on_parent(study, config, tracker)
     study.set_user_attr(DATA_ATTR, {**data.describe(), "augment_preset": data.augment_preset})
     import keras
 
     study.set_user_attr(BACKEND_ATTR, keras.backend.backend())
-    with user_input():
-        training = prepare_training(config, data)
     return _Session(data, study, tracker, parent, training, orphans, unclosed)
 
 
@@ -281,24 +282,38 @@ def _worker_label(trial: optuna.trial.FrozenTrial) -> str:
 def _report(study, config, data, training, tracker, parent, baselines,  # noqa: ANN001
             console, progress) -> None:
     """Retrain the selected trial and the baselines; print and log the held-out table."""
-    from search.report import heldout_report, report_table
+    from search.report import heldout_report, report_lines, report_table
+    from search.stats import design_warnings
 
-    best = selected_trial(study)
-    if best is None:
+    ranked = ranked_trials(study)[:config.report_top]
+    if not ranked:
         console.print(f"held-out report: nothing to report; {nothing_selected(study)}",
                       highlight=False, soft_wrap=True)
         return
-    candidates = {f"selected (trial {best.number})": {
-        "recipe": best.user_attrs[RECIPE_ATTR], "best_epochs": best.user_attrs[BEST_EPOCHS_ATTR],
-        "cv_val_loss": best.value}}
+    best = ranked[0]
+
+    def candidate(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+        return {"recipe": trial.user_attrs[RECIPE_ATTR], "cv_val_loss": trial.value,
+                BEST_EPOCHS_ATTR: trial.user_attrs[BEST_EPOCHS_ATTR],
+                FOLD_LOSSES_ATTR: trial.user_attrs.get(FOLD_LOSSES_ATTR)}
+
+    # the selected recipe stays the CV best: the held-out split never chooses, it only checks
+    candidates = {f"selected (trial {best.number})": candidate(best)}
+    candidates.update({f"trial {t.number}": candidate(t) for t in ranked[1:]})
     candidates.update({f"baseline {name}": outcome for name, outcome in baselines.items()
                        if "cv_val_loss" in outcome})
+    recipe = best.user_attrs[RECIPE_ATTR]
+    warnings = design_warnings(best.user_attrs[BEST_EPOCHS_ATTR], recipe["patience"],
+                               config.max_epochs, recipe, config.spec.space.to_dict())
     report = heldout_report(study, candidates, train=data.train, heldout=data.heldout,
                             models=training.models, seed=config.seed, tracker=tracker,
                             parent_run_id=parent, console=console,
-                            class_weight=training.class_weight, progress=progress)
-    console.print(report_table(report, f"held-out report of {config.name} "
-                                       f"({len(data.heldout)} held-out images)"))
+                            class_weight=training.class_weight, progress=progress,
+                            warnings=warnings)
+    console.print(report_table(report["rows"], f"held-out report of {config.name} "
+                                               f"({len(data.heldout)} held-out images)"))
+    for line in report_lines(report):
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def _best_value(study: optuna.Study) -> float | None:

@@ -1,4 +1,5 @@
-"""The held-out report: retrain the selected recipe and each baseline, score the held-out split once."""
+"""The held-out report: retrain the selected recipe and each baseline, score the held-out split once,
+and say which differences are larger than the noise."""
 
 from __future__ import annotations
 
@@ -12,11 +13,15 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
-from search.names import BEST_EPOCHS_ATTR, HELDOUT_ATTR
+from search.names import BEST_EPOCHS_ATTR, FOLD_LOSSES_ATTR, HELDOUT_ATTR
+from search.stats import paired_bootstrap, paired_folds, rank_agreement, verdict
 from search.progress import StudyProgress, job
 from search.tracking import Tracker
 from spaces.strengths import REGULARIZERS
 from trainers.fit import ClassWeight, FinalResult, train_final
+
+# the paired bootstrap over held-out images: resamples, and its seed beside the study's
+BOOTSTRAP_RESAMPLES = 10_000
 from trainers.recipe import Recipe
 
 
@@ -28,19 +33,24 @@ def final_epochs(best_epochs: list[int]) -> int:
 
 def heldout_report(study: Any, candidates: dict[str, dict[str, Any]], *, train: Any, heldout: Any,
                    models: Any, seed: int, tracker: Tracker, parent_run_id: str, console: Any = None,
-                   class_weight: ClassWeight = None,
-                   progress: StudyProgress | None = None) -> list[dict[str, Any]]:
+                   class_weight: ClassWeight = None, progress: StudyProgress | None = None,
+                   warnings: list[str] = ()) -> dict[str, Any]:
     """Retrain every candidate on all of ``train`` and evaluate it once on ``heldout``.
 
     Args:
-        candidates: ``{label: {"recipe": dict, "best_epochs": [...], "cv_val_loss": ...}}``:
-            the selected trial and the baselines.
+        candidates: ``{label: {"recipe": dict, "best_epochs": [...], "cv_val_loss": ...,
+            "fold_val_losses": [...]}}``: the selected trial first, then other trials and the
+            baselines (labels starting ``baseline``).
         progress: shows each retraining's epochs.
+        warnings: lines on what in the study's design limits the answer.
 
     Returns:
-        One row per candidate (label, recipe, epochs, train/held-out loss, gap, accuracy, CV
-        loss); also logged on the parent run as ``heldout_report.md``/``.json`` and
-        ``learning_curves.png``, and kept in the study so a rerun reuses it.
+        ``{"rows": [...], "comparisons": [...], "agreement": {...}, "warnings": [...]}``: one
+        row per candidate (label, recipe, epochs, train/held-out loss, gap, accuracy, CV loss);
+        the selected recipe against each baseline, paired over folds and over held-out images
+        (`compare`); the rank agreement of CV and held-out loss. Also logged on the parent run
+        as ``heldout_report.md``/``.json`` and ``learning_curves.png``, and kept in the study
+        so a rerun reuses the retrainings.
     """
     cached: dict[str, dict[str, Any]] = dict(study.user_attrs.get(HELDOUT_ATTR, {}))
     rows = []
@@ -60,6 +70,9 @@ def heldout_report(study: Any, candidates: dict[str, dict[str, Any]], *, train: 
             cached[label] = {
                 "key": key, "epochs": epochs, "train_loss": result.train_loss,
                 "heldout_loss": result.heldout_loss, "heldout_accuracy": result.heldout_accuracy,
+                # per image, in the held-out split's order: the paired bootstrap's pairs
+                "heldout_losses": [round(float(v), 6) for v in result.heldout_losses],
+                "heldout_correct": [bool(v) for v in result.heldout_correct],
                 "curves": {"train_loss": result.history["cross_entropy"],
                            "heldout_loss": result.history["val_cross_entropy"]},
             }
@@ -72,9 +85,63 @@ def heldout_report(study: Any, candidates: dict[str, dict[str, Any]], *, train: 
             "train_loss": entry["train_loss"], "heldout_loss": entry["heldout_loss"],
             "generalization_gap": entry["heldout_loss"] - entry["train_loss"],
             "heldout_accuracy": entry["heldout_accuracy"],
+            FOLD_LOSSES_ATTR: candidate.get(FOLD_LOSSES_ATTR),
+            "heldout_losses": entry.get("heldout_losses"),
+            "heldout_correct": entry.get("heldout_correct"),
         })
-    _log(rows, curves, tracker, parent_run_id)
-    return rows
+    report = {"rows": rows, **compare(rows, seed=seed), "warnings": list(warnings)}
+    _log(report, curves, tracker, parent_run_id)
+    return report
+
+
+def compare(rows: list[dict[str, Any]], *, seed: int) -> dict[str, Any]:
+    """The selected recipe (the first row) against each baseline, and CV → held-out transfer.
+
+    Each comparison pairs the same folds (`search.stats.paired_folds` on the best-epoch
+    validation losses) and the same held-out images (`search.stats.paired_bootstrap` on
+    per-image loss and correctness, ``BOOTSTRAP_RESAMPLES`` resamples seeded with ``seed``).
+    The agreement is Spearman's rank correlation of CV and held-out loss over all rows.
+
+    Returns:
+        ``{"comparisons": [{baseline, folds, heldout_loss, heldout_accuracy, words}],
+        "agreement": {...}}``; ``words`` are the plain sentences the report prints.
+    """
+    selected, others = rows[0], rows[1:]
+    comparisons = []
+    for row in (r for r in others if r["label"].startswith("baseline")):
+        what = row["label"]
+        entry: dict[str, Any] = {"baseline": what.removeprefix("baseline ").strip(), "words": []}
+        if selected.get(FOLD_LOSSES_ATTR) and row.get(FOLD_LOSSES_ATTR):
+            diff = paired_folds(selected[FOLD_LOSSES_ATTR], row[FOLD_LOSSES_ATTR])
+            entry["folds"] = diff.to_dict()
+            entry["words"].append(verdict(diff, what))
+        if selected.get("heldout_losses") and row.get("heldout_losses"):
+            import numpy as np
+
+            loss = paired_bootstrap(np.asarray(selected["heldout_losses"]),
+                                    np.asarray(row["heldout_losses"]),
+                                    n_resamples=BOOTSTRAP_RESAMPLES, seed=seed)
+            accuracy = paired_bootstrap(
+                np.asarray(selected["heldout_correct"], float),
+                np.asarray(row["heldout_correct"], float), n_resamples=BOOTSTRAP_RESAMPLES,
+                seed=seed, better="higher", metric="held-out accuracy")
+            entry.update(heldout_loss=loss.to_dict(), heldout_accuracy=accuracy.to_dict())
+            entry["words"] += [verdict(loss, what), verdict(accuracy, what)]
+        comparisons.append(entry)
+    scored = [r for r in rows if r.get("cv_val_loss") is not None]
+    agreement = rank_agreement([r["cv_val_loss"] for r in scored],
+                               [r["heldout_loss"] for r in scored])
+    return {"comparisons": comparisons, "agreement": agreement.to_dict()}
+
+
+def report_lines(report: dict[str, Any]) -> list[str]:
+    """The report's findings in words: the selected recipe against each baseline, whether the
+    CV ranking carried over to held-out data, and the study design's limits."""
+    selected = report["rows"][0]["label"]
+    lines = [f"{selected} {words}" for c in report["comparisons"] for words in c["words"]]
+    lines.append(f"CV loss vs held-out loss: {report['agreement']['verdict']}")
+    lines += [f"warning: {w}" for w in report["warnings"]]
+    return lines
 
 
 def report_table(rows: list[dict[str, Any]], title: str) -> Table:
@@ -90,17 +157,24 @@ def report_table(rows: list[dict[str, Any]], title: str) -> Table:
     return table
 
 
-def report_markdown(rows: list[dict[str, Any]], title: str) -> str:
-    """The held-out comparison as Markdown, with each recipe spelled out."""
+def report_markdown(report: dict[str, Any], title: str) -> str:
+    """The held-out comparison as Markdown: the table, the findings in words, each recipe."""
+    rows = report["rows"]
     lines = [f"# {title}", "",
              "Each recipe retrained on the whole training split for its cross-validated number "
-             "of epochs, then scored once on the held-out split.", "",
+             "of epochs, then scored once on the held-out split. The CV loss beside the held-out "
+             "loss shows the optimism of selecting the best of many trials.", "",
              "| recipe | cv val_loss | epochs | train loss | held-out loss | gap | held-out acc |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in sorted(rows, key=lambda r: r["heldout_loss"]):
         lines.append(f"| {r['label']} | {_num(r['cv_val_loss'])} | {r['epochs']} | "
                      f"{_num(r['train_loss'])} | {_num(r['heldout_loss'])} | "
                      f"{_num(r['generalization_gap'])} | {_num(r['heldout_accuracy'], 3)} |")
+    lines += ["", "## Is the difference real?", ""]
+    lines += [f"- {line}" for line in report_lines(report)]
+    lines += ["", f"Folds: paired t-interval over the study's folds (best-epoch validation loss). "
+              f"Held-out: paired bootstrap over held-out images, {BOOTSTRAP_RESAMPLES} "
+              f"resamples. 95% intervals of selected minus baseline."]
     lines += ["", "| recipe | " + " | ".join(s.label for s in REGULARIZERS) + " |",
               "| --- |" + " --- |" * len(REGULARIZERS)]
     for r in rows:
@@ -139,12 +213,13 @@ def plot_learning_curves(curves: dict[str, dict[str, list[float]]], path: Path) 
     return path
 
 
-def _log(rows: list[dict[str, Any]], curves: dict[str, dict[str, list[float]]],
+def _log(report: dict[str, Any], curves: dict[str, dict[str, list[float]]],
          tracker: Tracker, parent_run_id: str) -> None:
+    rows = report["rows"]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        (out / "heldout_report.md").write_text(report_markdown(rows, "Held-out report"))
-        (out / "heldout_report.json").write_text(json.dumps(rows, indent=2))
+        (out / "heldout_report.md").write_text(report_markdown(report, "Held-out report"))
+        (out / "heldout_report.json").write_text(json.dumps(report, indent=2))
         paths = [out / "heldout_report.md", out / "heldout_report.json",
                  plot_learning_curves(curves, out / "learning_curves.png")]
         tracker.log_artifacts(parent_run_id, paths)

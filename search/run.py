@@ -17,7 +17,8 @@ _BACKEND_INSTALL = {"jax": ("jax", 'pip install -e ".[jax]"'),
                     "torch": ("torch", 'pip install -e ".[torch]"')}
 BACKENDS = tuple(_BACKEND_INSTALL)
 # Options that only the launching process acts on; its workers get the rest.
-_LAUNCHER_ONLY = {"--fresh": 0, "--baselines": 1, "--gpus": 1, "--workers-per-gpu": 1}
+_LAUNCHER_ONLY = {"--fresh": 0, "--baselines": 1, "--gpus": 1, "--workers-per-gpu": 1,
+                  "--report-top": 1}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -50,6 +51,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true",
                    help="skip retraining the selected recipe and baselines on the whole training "
                         "split and scoring the held-out split")
+    p.add_argument("--report-top", type=int, default=3, metavar="K",
+                   help="the held-out report retrains the K best trials (default 3; the first "
+                        "is the selected one) to check that the CV ranking carries over")
     p.add_argument("--fresh", action="store_true",
                    help="delete the stored study and start over instead of resuming")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -140,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             sampler=args.sampler, pruner=args.pruner, seed=args.seed, storage=args.storage,
             tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
             timeout=args.timeout, fresh=args.fresh, overrides=args.set,
-            baselines=args.baselines, report=not args.no_report, precision=args.precision,
+            baselines=args.baselines, report=not args.no_report, report_top=args.report_top,
+            precision=args.precision,
             rebuild_per_trial=args.rebuild_per_trial,
         )
     except USER_ERRORS as exc:  # the study file and the options

@@ -43,10 +43,27 @@ def prepare_training(config: StudyConfig, data: StudyData) -> Training:
 
     set_precision(config.precision)
     build = model_builder(config, data)
-    build(make_recipe(config, config.spec.space.defaults()))  # bad model options fail here
+    try:
+        build(make_recipe(config, config.spec.space.defaults()))  # bad model options fail here
+    except Exception as exc:  # noqa: BLE001 (only running out of memory is turned into words)
+        if not _out_of_memory(exc):
+            raise
+        raise ValueError(
+            f"model {config.spec.model!r} does not fit in memory here: building it failed "
+            f"with {type(exc).__name__} ({str(exc).splitlines()[0][:200]}); make it smaller "
+            f"(e.g. --set model.units=..., model.width=...) or use a machine with more memory."
+        ) from None
     return Training(build, make_models(config, build),
                     stratified_folds(data.train.y, config.n_folds, config.seed),
                     "balanced" if data.class_weights else None)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """True for the out-of-memory error of any backend: NumPy's MemoryError, TensorFlow's
+    ResourceExhaustedError, XLA's RESOURCE_EXHAUSTED, PyTorch's "out of memory"."""
+    text = str(exc)
+    return (isinstance(exc, MemoryError) or "ResourceExhausted" in type(exc).__name__
+            or "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower())
 
 
 def set_precision(precision: str) -> None:

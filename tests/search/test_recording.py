@@ -11,9 +11,15 @@ from search.baselines import baseline_recipes, run_baselines
 from search.config import build_config
 from search.datasets import StudyData, load_data
 from search.mlflow_tracker import MlflowTracker
-from search.names import BASELINES_ATTR, FAIL_REASON_ATTR, INTERRUPTED_ATTR, RUN_ID_ATTR
+from search.names import (
+    BASELINES_ATTR,
+    FAIL_REASON_ATTR,
+    FOLD_LOSSES_ATTR,
+    INTERRUPTED_ATTR,
+    RUN_ID_ATTR,
+)
 from search.recording import close_runs_left_running, close_trial_run
-from search.report import heldout_report
+from search.report import heldout_report, report_lines
 from search.study import count_trials, quiet_optuna
 from search.tracking import Tracker, TrackingLost
 from search.training import prepare_training
@@ -153,9 +159,41 @@ def test_the_heldout_report_logs_its_table_and_curves_on_the_parent(digits) -> N
     rows = heldout_report(study, {"none": {"recipe": recipe, "best_epochs": [1, 1],
                                            "cv_val_loss": 1.0}},
                           train=data.train, heldout=data.heldout, models=training.models,
-                          seed=0, tracker=tracker, parent_run_id=parent)
+                          seed=0, tracker=tracker, parent_run_id=parent)["rows"]
     assert [r["label"] for r in rows] == ["none"] and rows[0]["epochs"] == 2
     assert sorted(tracker.runs[parent].artifacts) == [
         "heldout_report.json", "heldout_report.md", "learning_curves.png"]
     assert tracker.runs[parent].metrics["heldout_loss/none"] == pytest.approx(
         rows[0]["heldout_loss"])
+
+
+def test_the_report_says_which_baselines_the_selected_recipe_beats_beyond_noise(digits) -> None:
+    config, data, training = digits
+    tracker = MemoryTracker()
+    parent = tracker.open_parent(config.name, config.settings())
+    good = baseline_recipes(config, "reference")["none"].replace(max_epochs=6).to_dict()
+    weak = {**good, "learning_rate": 1e-6}  # one epoch at a crawl: no better than its start
+    candidates = {
+        "selected (trial 0)": {"recipe": good, "best_epochs": [5, 5], "cv_val_loss": 0.30,
+                               FOLD_LOSSES_ATTR: [0.30, 0.32, 0.29]},
+        "baseline weak": {"recipe": weak, "best_epochs": [0, 0], "cv_val_loss": 2.0,
+                          FOLD_LOSSES_ATTR: [2.0, 2.1, 1.9]},
+        "baseline same": {"recipe": good, "best_epochs": [5, 5], "cv_val_loss": 0.31,
+                          FOLD_LOSSES_ATTR: [0.31, 0.30, 0.30]},
+    }
+    report = heldout_report(optuna.create_study(), candidates, train=data.train,
+                            heldout=data.heldout, models=training.models, seed=0,
+                            tracker=tracker, parent_run_id=parent,
+                            warnings=["the selected value of dropout lies at the edge"])
+    weak_words, same_words = (c["words"] for c in report["comparisons"])
+    assert len(weak_words) == 3 and all(w.startswith("beats baseline weak by") for w in weak_words[:2])
+    assert weak_words[0].endswith("beyond fold noise")
+    assert weak_words[1].endswith("beyond image-to-image noise")
+    assert all(w.startswith("not distinguishable from baseline same") for w in same_words[1:])
+    # the same recipe, seed and epochs: the held-out images pair up exactly
+    assert report["comparisons"][1]["heldout_loss"]["mean"] == pytest.approx(0.0, abs=1e-9)
+    assert "too few recipes" in report["agreement"]["verdict"]
+    lines = report_lines(report)
+    assert lines[0].startswith("selected (trial 0) beats baseline weak")
+    assert lines[-1] == "warning: the selected value of dropout lies at the edge"
+    assert len(report["rows"][0]["heldout_losses"]) == len(data.heldout)
