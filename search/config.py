@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from spaces import StudySpec, check_choice, check_float, check_int, load_study
-from spaces.load import PRUNERS, SAMPLERS
+from spaces.load import PRUNERS, SAMPLERS, SEED_MAX
 
 DEFAULT_ROOT = Path("mlruns")
 PRECISIONS = ("float32", "bfloat16")
@@ -85,7 +85,7 @@ class StudyConfig:
         check_int("--epochs", self.max_epochs, low=1)
         check_choice("--sampler", self.sampler, SAMPLERS)
         check_choice("--pruner", self.pruner, PRUNERS)
-        check_int("--seed", self.seed, low=0)
+        check_int("--seed", self.seed, low=0, high=SEED_MAX)
         check_choice("--precision", self.precision, PRECISIONS)
         if self.baselines is not None:
             from search.baselines import BASELINE_SETS
