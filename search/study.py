@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.config import StudyConfig
 from search.redact import redact_url
-from search.stores import schema_lock, store_error
+from search.stores import check_stores, schema_lock, store_error
 from spaces import default_params
 
 SETTINGS_ATTR = "regsearch.settings"
@@ -56,7 +56,12 @@ def open_storage(url: str, tracking_uri: str | None = None) -> optuna.storages.B
     A plain path (``*.journal`` / ``*.log``) becomes a `JournalStorage` on a file. SQLite and
     other databases get heartbeats, so a trial whose worker died is marked failed, retried
     once, and its MLflow run in ``tracking_uri`` closed (`StaleTrialCallback`).
+
+    Raises:
+        ValueError: one line, for a URL that cannot be opened, or a local file that cannot be
+            this store or ``tracking_uri``'s (`check_stores`, before either is written to).
     """
+    check_stores(url, tracking_uri)
     if "://" not in url:
         from optuna.storages.journal import JournalFileBackend
 
