@@ -10,7 +10,7 @@ from typing import Any
 
 from search.baselines import BASELINE_SETS
 from spaces import StudySpec, check_choice, check_float, check_int, load_study
-from spaces.load import PRUNERS, SAMPLERS
+from spaces.load import PRUNERS, SAMPLERS, SEED_MAX
 
 DEFAULT_ROOT = Path("mlruns")
 PRECISIONS = ("float32", "bfloat16")
@@ -89,7 +89,7 @@ class StudyConfig:
         check_int("--epochs", self.max_epochs, low=1)
         check_choice("--sampler", self.sampler, SAMPLERS)
         check_choice("--pruner", self.pruner, PRUNERS)
-        check_int("--seed", self.seed, low=0)
+        check_int("--seed", self.seed, low=0, high=SEED_MAX)
         check_int("--report-top", self.report_top, low=1)
         check_choice("--precision", self.precision, PRECISIONS)
         if self.baselines is not None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spaces import check_keys
+from spaces import check_float, check_keys
 from trainers.data import Dataset
 
 OPTIONS: dict[str, tuple[str, ...]] = {
@@ -16,6 +17,8 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "folder": ("source", "root", "image_size", "heldout_dir", "heldout_fraction", "cache_dir",
                "class_weights"),
 }
+# The option of each source that names its folder: what --data-dir replaces.
+FOLDER_OPTION = {"tinyimagenet": "data_dir", "folder": "root"}
 AUGMENT_PRESETS = {"digits": "digits", "tinyimagenet": "natural", "folder": "natural"}
 
 
@@ -52,7 +55,8 @@ def load_data(data: dict[str, Any], *, where: str, seed: int = 0, data_dir: str 
         progress: show progress bars while decoding images.
 
     Raises:
-        ValueError: unknown source or option (the message lists the valid ones).
+        ValueError: unknown source or option (the message lists the valid ones), an option out
+            of range, or ``data_dir`` for a source without a folder.
         FileNotFoundError: the data folder is missing (the message says how to point at one).
     """
     source = data.get("source")
@@ -62,6 +66,15 @@ def load_data(data: dict[str, Any], *, where: str, seed: int = 0, data_dir: str 
         )
     options = check_keys("data", data, OPTIONS[source], where=where)
     options.pop("source")
+    if data_dir is not None and source not in FOLDER_OPTION:
+        raise ValueError(
+            f"{where}: --data-dir {data_dir!r} is not allowed with 'data.source'={source!r}, "
+            f"which reads no folder (it would be ignored); --data-dir applies to sources "
+            f"{' and '.join(FOLDER_OPTION)} only. Leave it out.")
+    if "heldout_fraction" in options:  # 0: no held-out split
+        options["heldout_fraction"] = check_float(
+            "data.heldout_fraction", options["heldout_fraction"], low=0.0, high=1.0,
+            high_open=True, where=where)
     weights = bool(options.pop("class_weights", False))
     preset = AUGMENT_PRESETS[source]
     if source == "digits":
@@ -70,9 +83,16 @@ def load_data(data: dict[str, Any], *, where: str, seed: int = 0, data_dir: str 
         from trainers.data import load_digits
 
         full = load_digits()
-        fraction = float(options.get("heldout_fraction", 0.0))
+        fraction = options.get("heldout_fraction", 0.0)
         if not fraction:
             return StudyData(full, None, preset, weights)
+        n_heldout, n_classes = math.ceil(fraction * len(full)), full.n_classes
+        if not n_classes <= n_heldout <= len(full) - n_classes:  # one image per class each side
+            raise ValueError(
+                f"{where}: 'data.heldout_fraction'={fraction:g} holds out {n_heldout} of "
+                f"{len(full)} images, but a stratified split of {n_classes} classes needs "
+                f"between {n_classes} and {len(full) - n_classes}; choose a fraction in "
+                f"[{n_classes / len(full):.3f}, {1 - n_classes / len(full):.3f}], or 0 for none.")
         train_idx, held_idx = train_test_split(
             range(len(full)), test_size=fraction, stratify=full.y, random_state=seed
         )

@@ -88,10 +88,17 @@ class MlflowTracker:
         if tracking_uri.startswith("sqlite:///"):
             db = Path(tracking_uri.removeprefix("sqlite:///"))  # its folder: `schema_lock`
             self.artifact_root = (db.parent / "artifacts").resolve().as_uri()
-        from search.stores import check_tracking_server, retry_schema_race, schema_lock, store_error
+        from search.stores import (
+            check_store,
+            check_tracking_server,
+            retry_schema_race,
+            schema_lock,
+            store_error,
+        )
 
         if tracking_uri.startswith(("http://", "https://")):
             check_tracking_server(tracking_uri)
+        check_store("--tracking-uri", tracking_uri)  # a local file: before anything is written
         # MLflow prints a link to every run it ends on a tracking server, with the URL's
         # password in it, and between the progress bars: regsearch prints one link itself.
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"

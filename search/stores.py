@@ -4,13 +4,16 @@ MLflow's), and one process at a time creating a SQLite store's tables."""
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import sqlite3
 import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from search.config import default_storage, default_tracking_uri
 from search.redact import hide_password, redact_url
 
 EXAMPLES = {
@@ -20,6 +23,16 @@ EXAMPLES = {
                       "or http://MLFLOW-SERVER:5000",
 }
 
+DEFAULTS = {"--storage": default_storage(), "--tracking-uri": default_tracking_uri()}
+# What each option's SQLite file holds, and tables only that tool creates (both keep an
+# alembic_version), to tell its file from the other's, or from another program's database.
+STORE_KINDS = {
+    "--storage": ("an Optuna storage", ("studies", "trials", "version_info", "study_directions",
+                                        "trial_params", "trial_values")),
+    "--tracking-uri": ("an MLflow tracking store", ("experiments", "runs", "metrics", "params",
+                                                    "tags", "latest_metrics")),
+}
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 # How long a process waits for another one on this host to create a SQLite store's tables
 # (MLflow's ~60 migrations take seconds); the lock is released if its holder dies.
@@ -48,6 +61,144 @@ def schema_lock(url: str) -> contextlib.AbstractContextManager:
     db = Path(url.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(db.parent / f".{db.name}.lock", timeout=SCHEMA_LOCK_SECONDS)
+
+
+def check_stores(storage: str, tracking_uri: str | None) -> None:
+    """Refuse, before either is opened, stores that cannot be this study's (see `check_store`).
+
+    Both are checked here, before Optuna writes anything: MLflow's store is opened later, and a
+    swapped file found only then would already hold the study. The two must not be one store
+    either (a new file given twice, say): each tool would add its tables to the other's.
+
+    Raises:
+        ValueError: one line naming the option, the file and what to do.
+    """
+    check_store("--storage", storage)
+    if tracking_uri is None:
+        return
+    check_store("--tracking-uri", tracking_uri)
+    key = _store_key(storage)
+    if key is not None and key == _store_key(tracking_uri):
+        raise ValueError(
+            f"--storage {redact_url(storage)} and --tracking-uri {redact_url(tracking_uri)} "
+            f"are the same store; Optuna and MLflow each need their own (by default "
+            f"{DEFAULTS['--storage']} and {DEFAULTS['--tracking-uri']}).")
+
+
+def check_store(option: str, url: str) -> None:
+    """Refuse a local store file that cannot be opened, or is not what ``option`` stores.
+
+    Looks without writing: a ``sqlite:///`` path (and, for ``--storage``, a journal file path)
+    must not be a folder, must sit in a writable folder (SQLite and Optuna's journal write
+    their lock and journal files beside it), and an existing file must be a readable SQLite
+    database holding ``option``'s tables, or none yet (a journal: JSON lines, not SQLite). Other
+    URLs (servers) are left to the store's own open, `store_error`.
+
+    Raises:
+        ValueError: one line naming the option, the file and what to do.
+    """
+    shown = f"{option} {redact_url(url)}"
+    journal = option == "--storage" and "://" not in url
+    path = Path(url) if journal else sqlite_path(url)
+    if path is None:
+        return
+    if path.is_dir():
+        database = f"sqlite:///{(path / sqlite_path(DEFAULTS[option]).name).as_posix()}"
+        expected = (f"a journal storage is a file, e.g. {path / 'optuna.journal'}, or give a "
+                    f"database URL, e.g. {database}" if journal
+                    else f"expected a SQLite database file, e.g. {database}")
+        raise ValueError(f"{shown}: {path} is a folder; {expected}.")
+    _check_writable(shown, option, path)
+    if not path.is_file():
+        return  # a new store: its tables are made when it opens
+    try:
+        with path.open("rb") as file:
+            head = file.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise ValueError(f"{shown}: {path} cannot be read ({exc.strerror or exc}).") from None
+    if journal:
+        if head == SQLITE_HEADER:
+            raise ValueError(f"{shown}: {path} is a SQLite database, not a journal file; give "
+                             f"it as a URL: --storage sqlite:///{path.as_posix()}.")
+        if head and not head.lstrip().startswith(b"{"):
+            raise ValueError(f"{shown}: {path} is not an Optuna journal file (those are JSON "
+                             f"lines); {_move_aside(option)}")
+        return
+    if head and head != SQLITE_HEADER:
+        raise ValueError(f"{shown}: {path} is not a SQLite database (it does not start with "
+                         f"SQLite's header: damaged, or a file of another kind); "
+                         f"{_move_aside(option)}")
+    tables = _sqlite_tables(shown, option, path) if head else set()
+    kind, own = STORE_KINDS[option]
+    holds, other = next(v for o, v in STORE_KINDS.items() if o != option)
+    # a new store has no tables yet (one being made by another process, some of its own)
+    if tables & set(other) or (tables and not tables & set(own)):
+        if not tables & set(other):
+            holds = "another program's database"
+        named = [t for t in other if t in tables] + sorted(tables - set(other))
+        listed = ", ".join(named[:4]) + (" ..." if len(named) > 4 else "")
+        raise ValueError(f"{shown}: {path} holds {holds} (tables {listed}), not {kind}; "
+                         f"nothing was written to it. Give {option} a file of its own, e.g. "
+                         f"the default {DEFAULTS[option]}.")
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL (relative to the working folder), else None."""
+    if not url.startswith("sqlite:///") or ":memory:" in url:
+        return None
+    return Path(url.removeprefix("sqlite:///").partition("?")[0])
+
+
+def _store_key(url: str) -> str | None:
+    """What identifies a store: its file's real path when local, else the URL itself."""
+    path = sqlite_path(url)
+    if path is None and "://" not in url and url:
+        path = Path(url)
+    if path is None and url.startswith("file:"):
+        path = Path(urllib.parse.urlsplit(url).path)
+    if path is not None:
+        return os.path.realpath(path)
+    return None if url.startswith("sqlite:") else url.rstrip("/")
+
+
+def _check_writable(shown: str, option: str, path: Path) -> None:
+    """Refuse a store whose folder (the nearest one that exists), or the file, is read-only."""
+    folder = path.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"{shown}: {folder} is a file, so the folder {path.parent} cannot be "
+                         f"made; point {option} elsewhere.")
+    for target, what in ((folder, "the folder"), (path, "the file")):
+        if target.exists() and not os.access(target, os.W_OK | (os.X_OK if target.is_dir() else 0)):
+            flags = os.statvfs(folder).f_flag
+            reason = ("a read-only file system" if flags & os.ST_RDONLY
+                      else "no write permission")
+            raise ValueError(
+                f"{shown}: {what} {target} is not writable ({reason}); the store writes its "
+                f"database, lock and journal files there: make it writable, or point {option} "
+                f"at a writable folder.")
+
+
+def _sqlite_tables(shown: str, option: str, path: Path) -> set[str]:
+    """The table names of an existing SQLite file, read without writing anything to it."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True,
+                                                timeout=60)) as db:
+            rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                              "AND name NOT LIKE 'sqlite_%'").fetchall()
+    except sqlite3.OperationalError:
+        return set()  # locked, say: not about what it holds; the store's own open reports it
+    except sqlite3.DatabaseError as exc:
+        raise ValueError(f"{shown}: {path} is a damaged SQLite database ({exc}); "
+                         f"{_move_aside(option)}") from None
+    return {name for (name,) in rows} - {"alembic_version"}
+
+
+def _move_aside(option: str) -> str:
+    return (f"nothing was written to it. --fresh cannot help (it must read the store first): "
+            f"move the file aside (or restore it from a backup) to start a new store there, "
+            f"or point {option} at another file.")
 
 
 def store_error(option: str, url: str, exc: BaseException) -> ValueError | None:

@@ -20,7 +20,7 @@ from search.names import (
     SETTINGS_ATTR,
 )
 from search.redact import redact_url
-from search.stores import retry_schema_race, schema_lock, store_error
+from search.stores import check_stores, retry_schema_race, schema_lock, store_error
 from spaces import default_params
 
 STALE_REASON = "worker stopped sending heartbeats"
@@ -51,13 +51,18 @@ class StaleTrialCallback:
 
 
 def open_storage(url: str, on_stale: Callable[[FrozenTrial], None] | None = None,
-                 ) -> optuna.storages.BaseStorage:
+                 tracking_uri: str | None = None) -> optuna.storages.BaseStorage:
     """Return the Optuna storage for a URL (``sqlite:///``, ``postgresql://``...) or a journal path.
 
     A plain path (``*.journal`` / ``*.log``) becomes a `JournalStorage` on a file. SQLite and
     other databases get heartbeats, so a trial whose worker died is marked failed, retried
     once, and handed to ``on_stale`` (`StaleTrialCallback`).
+
+    Raises:
+        ValueError: one line, for a URL that cannot be opened, or a local file that cannot be
+            this store or ``tracking_uri``'s (`check_stores`, before either is written to).
     """
+    check_stores(url, tracking_uri)
     if "://" not in url:
         from optuna.storages.journal import JournalFileBackend
 
@@ -223,7 +228,7 @@ def open_study(config: StudyConfig, *, create: bool = True,
         ValueError: the stored study was created with other settings (the message says
             which, and that ``--fresh`` starts over).
     """
-    storage = open_storage(config.storage, on_stale)
+    storage = open_storage(config.storage, on_stale, config.tracking_uri)
     if config.fresh and create:
         try:
             optuna.delete_study(study_name=config.name, storage=storage)

@@ -13,9 +13,14 @@ def _is_number(value: Any) -> bool:
 def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
     left = "(" if low_open else "["
     right = ")" if high_open else "]"
-    lo = "-inf" if low is None else f"{low:g}"
-    hi = "inf" if high is None else f"{high:g}"
-    return f"{left}{lo}, {hi}{right}"
+    return f"{left}{_bound(low, '-inf')}, {_bound(high, 'inf')}{right}"
+
+
+def _bound(value: float | None, unbounded: str) -> str:
+    if value is None:
+        return unbounded
+    # an int bound in full (a seed's 4294967295, not 4.29497e+09)
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def check_int(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,11 @@ TPE_BOOL_OPTIONS = ("multivariate", "group", "constant_liar", "consider_endpoint
 TPE_INT_OPTIONS = {"n_startup_trials": 0, "n_ei_candidates": 1}
 TPE_OPTIONS = TPE_BOOL_OPTIONS + tuple(TPE_INT_OPTIONS)
 PRUNERS = ("hyperband", "sha", "median", "none")
+# numpy's and Optuna's samplers take seeds below 2**32.
+SEED_MAX = 2**32 - 1
+# A study name is a folder name (mlruns/logs/<name>/) and an MLflow experiment: one plain file
+# name, no path separators, nothing hidden.
+STUDY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,7 @@ class SearchSettings:
     def __post_init__(self) -> None:
         # Store what the checks return: YAML `n_folds: 3.0` passes check_int, and a float
         # left here would reach StratifiedKFold, which rejects it.
-        for name, low, high in (("n_folds", 2, 20), ("n_trials", 1, None), ("seed", 0, None)):
+        for name, low, high in (("n_folds", 2, 20), ("n_trials", 1, None), ("seed", 0, SEED_MAX)):
             value = check_int(name, getattr(self, name), low=low, high=high)
             object.__setattr__(self, name, value)
         check_choice("sampler", self.sampler, SAMPLERS)
@@ -114,6 +120,9 @@ def resolve_study(study: str) -> Path:
     if candidate.suffix in (".yaml", ".yml"):
         if candidate.is_file():
             return candidate
+        if candidate.is_dir():
+            raise ValueError(f"study file {study!r} is a folder; expected a study .yaml file "
+                             f"(e.g. one of spaces/*.yaml).")
         raise LookupError(f"study file {study!r} does not exist.")
     builtin = BUILTIN_DIR / f"{study}.yaml"
     if builtin.is_file():
@@ -140,12 +149,22 @@ def load_study(study: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     path = resolve_study(str(study))
     where = str(path if not path.is_relative_to(BUILTIN_DIR) else f"spaces/{path.name}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{where}: not a text file (byte {exc.object[exc.start]:#04x} at "
+                         f"offset {exc.start} is not UTF-8); a study file is YAML text.") from None
+    except OSError as exc:
+        raise ValueError(f"{where}: cannot be read ({exc.strerror or exc}).") from None
     except yaml.YAMLError as exc:
         raise ValueError(f"{where}: not valid YAML: {exc}") from None
     for override in overrides:
         raw = apply_override(raw, override, where=where)
     return parse_study(raw, path=path, where=where)
+
+
+def _plain(name: str) -> str:
+    """``name`` with every character a study name does not allow made ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "study"
 
 
 def apply_override(raw: Any, override: str, *, where: str = "") -> dict[str, Any]:
@@ -182,6 +201,12 @@ def parse_study(raw: Any, *, path: Path, where: str) -> StudySpec:
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not name.strip():
         raise TypeError(f"{where}: 'name' must be a non-empty string; got {name!r}.")
+    if not STUDY_NAME.fullmatch(name):
+        origin = "" if "name" in raw else " (from the file name; set 'name:' to choose another)"
+        raise ValueError(
+            f"{where}: 'name'={name!r}{origin} is not a plain name; expected letters, digits, "
+            f"'_', '-' and '.' (not first), e.g. {_plain(name)!r}: the name is a folder under "
+            f"mlruns/logs/ and an MLflow experiment.")
 
     data = check_keys("data", raw.get("data") or {"source": "digits"}, None, where=where)
     if "source" not in data:

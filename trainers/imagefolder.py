@@ -57,9 +57,10 @@ def load_image_folder(
 
     Raises:
         FileNotFoundError: ``root`` or ``heldout_dir`` does not exist.
-        ValueError: ``root`` or ``heldout_dir`` is a file, no class folders, a class without
-            images, a held-out class unknown to ``root``, an out-of-range argument, or an image
-            that cannot be decoded (the message names the file).
+        ValueError: ``root`` or ``heldout_dir`` is a file, fewer than 2 class folders in
+            ``root`` (none in ``heldout_dir``), a class without images, a held-out class
+            unknown to ``root``, an out-of-range argument, or an image that cannot be decoded
+            (the message names the file).
     """
     size = _check_image_size(image_size)
     if not 0.0 <= heldout_fraction < 1.0:
@@ -75,6 +76,12 @@ def load_image_folder(
     spec = DecodeSpec(size=size, resize=True)
     root = Path(root).expanduser()
     class_names = _class_folders(root)
+    if len(class_names) < 2:  # one class: nothing to learn, its loss is ln(1) = 0 from the start
+        raise ValueError(
+            f"Image folder {root} has {len(class_names)} class folder ({class_names[0]}); a "
+            "classifier needs at least 2, one sub-folder of images per class, e.g. "
+            f"{root / 'cat'} and {root / 'dog'}."
+        )
     files, y = _list_images(root, class_names)
     x = load_images(
         files, y, root=root, spec=spec, kind="imagefolder", cache_dir=cache_dir, progress=progress

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 EXIT_USAGE = 2
+REPO = Path(__file__).resolve().parents[2]
 RUN_OPTIONS = ("--trials", "--timeout", "--folds", "--epochs", "--sampler", "--pruner", "--seed",
                "--storage", "--tracking-uri", "--fresh")
 
@@ -24,6 +25,8 @@ RUN_OPTIONS = ("--trials", "--timeout", "--folds", "--epochs", "--sampler", "--p
 def cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    # this checkout's code, whichever one the environment's editable install points at
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REPO), env.get("PYTHONPATH"))))
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
         timeout=120,

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import http.server
+import re
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from search.stores import check_tracking_server, store_error
+from search.stores import check_store, check_stores, check_tracking_server, store_error
 
 
 def _serve(answer):  # noqa: ANN001
@@ -77,6 +79,76 @@ def test_a_tls_server_the_probe_does_not_trust_still_counts_as_there(http_server
     # https:// to a plain-HTTP server fails the TLS handshake: something answers, so it passes
     # and MLflow's own TLS settings decide
     check_tracking_server(http_server.replace("http://", "https://"), timeout=5)
+
+
+def _sqlite_with(path: Path, *tables: str) -> Path:
+    """A SQLite file holding empty ``tables`` (what a store is told apart by)."""
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        for table in tables:
+            db.execute(f"CREATE TABLE {table} (id INTEGER)")
+    db.close()
+    return path
+
+
+def test_stores_that_can_be_opened_pass_without_anything_written(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _sqlite_with(tmp_path / "optuna.db", "alembic_version", "studies", "trials", "version_info")
+    _sqlite_with(tmp_path / "mlflow.db", "alembic_version", "experiments", "runs")
+    (tmp_path / "empty.db").write_bytes(b"")  # SQLite makes an empty file a database
+    (tmp_path / "s.journal").write_text('{"op_code": 0}\n')
+    before = sorted(p.name for p in tmp_path.iterdir())
+    check_stores("sqlite:///optuna.db", "sqlite:///mlflow.db")
+    check_stores("sqlite:///new/optuna.db", "sqlite:///new/mlflow.db")  # folders made later
+    check_stores("sqlite:///empty.db", "sqlite:///:memory:")
+    check_stores("s.journal", "http://127.0.0.1:1")
+    check_stores("postgresql+psycopg2://u:pw@db/optuna", "postgresql+psycopg2://u:pw@db/mlflow")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    ("option", "tables", "words"),
+    [("--storage", ("alembic_version", "experiments", "runs", "metrics", "params", "tags"),
+      ("holds an MLflow tracking store (tables experiments, runs, metrics, params ...), not an "
+       "Optuna storage")),
+     ("--tracking-uri", ("alembic_version", "studies", "trials"),
+      "holds an Optuna storage (tables studies, trials), not an MLflow tracking store"),
+     ("--storage", ("users",), "holds another program's database (tables users), not an Optuna"),
+     # a file both tools wrote to (before this check existed) is neither's
+     ("--tracking-uri", ("experiments", "runs", "studies"), "holds an Optuna storage")],
+)
+def test_a_sqlite_file_of_another_kind_is_refused(tmp_path, option, tables, words) -> None:
+    db = _sqlite_with(tmp_path / "x.db", *tables)
+    with pytest.raises(ValueError, match=re.escape(f"{option} sqlite:///{db}: {db} {words}")):
+        check_store(option, f"sqlite:///{db}")
+
+
+def test_one_file_for_both_stores_is_refused(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"--storage sqlite:///a\.db and --tracking-uri "
+                                         r"sqlite:///\./a\.db are the same store"):
+        check_stores("sqlite:///a.db", "sqlite:///./a.db")
+    with pytest.raises(ValueError, match="same store"):
+        check_stores("postgresql+psycopg2://u:pw@db/x", "postgresql+psycopg2://u:pw@db/x")
+    assert not (tmp_path / "a.db").exists()
+
+
+def test_a_journal_path_that_is_not_a_journal_is_refused(tmp_path) -> None:
+    db = _sqlite_with(tmp_path / "optuna.db", "studies")
+    with pytest.raises(ValueError, match=re.escape(f"is a SQLite database, not a journal file; "
+                                                   f"give it as a URL: --storage sqlite:///{db}")):
+        check_store("--storage", str(db))
+    (tmp_path / "junk.log").write_bytes(b"\x00\x01binary")
+    with pytest.raises(ValueError, match="is not an Optuna journal file"):
+        check_store("--storage", str(tmp_path / "junk.log"))
+
+
+def test_a_folder_where_a_store_file_goes_is_refused(tmp_path) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path} is a folder; expected a SQLite "
+                                                   f"database file, e.g. sqlite:///{tmp_path}/"
+                                                   f"mlflow.db")):
+        check_store("--tracking-uri", f"sqlite:///{tmp_path}")
 
 
 _OPEN_TOGETHER = """

@@ -34,6 +34,11 @@ def test_check_int_accepts_closed_bounds(value):
     assert check_int("n_folds", value, low=2, high=20) == value
 
 
+def test_check_int_states_a_large_int_bound_in_full():
+    with pytest.raises(ValueError, match=r"expected an integer in \[0, 4294967295\]\.$"):
+        check_int("--seed", 2**32, low=0, high=2**32 - 1)
+
+
 def test_check_int_prefixes_where():
     with pytest.raises(ValueError, match=r"^spaces/x\.yaml: 'seed'"):
         check_int("seed", -1, low=0, where="spaces/x.yaml")

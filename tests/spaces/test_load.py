@@ -111,6 +111,27 @@ def test_load_study_name_defaults_to_file_stem(tmp_path):
     assert load_study(write_study(tmp_path, study, "my_study.yaml")).name == "my_study"
 
 
+@pytest.mark.parametrize("name", ["tiny", "digits-v2.1", "A_b-3", "x.."])
+def test_load_study_plain_names_are_accepted(tmp_path, name):
+    assert load_study(write_study(tmp_path, changed(lambda s: s.update(name=name)))).name == name
+
+
+def test_load_study_name_from_a_file_name_that_is_not_plain_says_so(tmp_path):
+    path = write_study(tmp_path, changed(lambda s: s.pop("name")), "my study.yaml")
+    with pytest.raises(ValueError, match=r"'name'='my study' \(from the file name; set 'name:' "
+                                         r"to choose another\) is not a plain name.* 'my_study'"):
+        load_study(path)
+
+
+def test_load_study_binary_file_names_file_and_byte(tmp_path):
+    path = tmp_path / "junk.yaml"
+    path.write_bytes(b"\xff\xfe\x00 not text")
+    with pytest.raises(ValueError, match=r"not a text file \(byte 0xff at offset 0 is not "
+                                         r"UTF-8\)") as info:
+        load_study(path)
+    assert str(info.value).startswith(f"{path}: ")
+
+
 def test_load_study_search_defaults(tmp_path):
     spec = load_study(write_study(tmp_path, changed(lambda s: s.pop("search"))))
     assert spec.search == SearchSettings()
@@ -268,6 +289,8 @@ BAD_STUDIES = [
     ("n_folds string", _set("search", "n_folds", "three"), TypeError, "n_folds"),
     ("n_trials 0", _set("search", "n_trials", 0), ValueError, "n_trials"),
     ("negative seed", _set("search", "seed", -1), ValueError, "seed"),
+    ("seed numpy cannot take", _set("search", "seed", 2**32), ValueError,
+     "'seed'=4294967296 is out of range; expected an integer in [0, 4294967295]"),
     ("unknown sampler", _set("search", "sampler", "grid"), ValueError, "sampler"),
     ("unknown pruner", _set("search", "pruner", "patient"), ValueError, "pruner"),
     ("string enqueue_defaults", _set("search", "enqueue_defaults", "no"), TypeError,
@@ -287,6 +310,11 @@ BAD_STUDIES = [
     ("data without source", lambda s: s.update(data={"root": "x"}), ValueError, "'data'"),
     ("empty name", lambda s: s.update(name=""), TypeError, "'name'"),
     ("numeric name", lambda s: s.update(name=3), TypeError, "'name'"),
+    ("name with a slash", lambda s: s.update(name="a/b"), ValueError,
+     "'name'='a/b' is not a plain name; expected letters, digits, '_', '-' and '.' (not first)"),
+    ("name going up", lambda s: s.update(name=".."), ValueError, "'name'='..' is not a plain"),
+    ("name with a backslash", lambda s: s.update(name="a\\b"), ValueError, "not a plain name"),
+    ("hidden name", lambda s: s.update(name=".tiny"), ValueError, "not a plain name"),
 ]
 
 
@@ -369,6 +397,12 @@ def test_resolve_study_unknown_name_lists_known():
         resolve_study("nope")
 
 
+def test_resolve_study_folder_says_it_is_a_folder(tmp_path):
+    (tmp_path / "studies.yaml").mkdir()
+    with pytest.raises(ValueError, match="studies.yaml' is a folder; expected a study .yaml file"):
+        resolve_study(str(tmp_path / "studies.yaml"))
+
+
 def test_resolve_study_missing_file_names_it(tmp_path):
     missing = tmp_path / "missing.yaml"
     with pytest.raises(LookupError, match=re.escape(str(missing))):
@@ -378,3 +412,7 @@ def test_resolve_study_missing_file_names_it(tmp_path):
 def test_search_settings_n_folds_error_names_key():
     with pytest.raises(ValueError, match="'n_folds'=1"):
         SearchSettings(n_folds=1)
+
+
+def test_search_settings_seed_takes_the_largest_numpy_seed():
+    assert SearchSettings(seed=2**32 - 1).seed == 4294967295

@@ -113,7 +113,7 @@ def test_load_image_folder_heldout_dir(tmp_path):
 
 
 def test_load_image_folder_heldout_dir_unknown_class(tmp_path):
-    root = _coded_tree(tmp_path / "train", {"a": 2})
+    root = _coded_tree(tmp_path / "train", {"a": 2, "b": 2})
     _write_coded(tmp_path / "val" / "zz" / "0.png", 0, 0)
     with pytest.raises(ValueError, match=r"class folders zz"):
         _load(root, tmp_path / "cache", heldout_dir=tmp_path / "val")
@@ -128,6 +128,26 @@ def test_load_image_folder_no_class_folders(tmp_path):
     write_solid(tmp_path / "flat" / "a.png", (1, 2, 3))
     with pytest.raises(ValueError, match=r"flat has no class folders"):
         _load(tmp_path / "flat", tmp_path / "cache")
+
+
+@pytest.mark.parametrize("heldout_dir", [None, "val"])
+def test_load_image_folder_one_class_is_refused(tmp_path, heldout_dir):
+    # one class trains to loss ln(1) = 0 from the first step: refused before any decoding
+    root = _coded_tree(tmp_path / "images", {"a": 3})
+    _coded_tree(tmp_path / "val", {"a": 1})
+    held = None if heldout_dir is None else tmp_path / heldout_dir
+    with pytest.raises(ValueError, match=r"images has 1 class folder \(a\); a classifier needs "
+                                         r"at least 2"):
+        _load(root, tmp_path / "cache", heldout_dir=held)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_load_image_folder_heldout_dir_may_hold_one_class(tmp_path):
+    root = _coded_tree(tmp_path / "images", {"a": 2, "b": 2})
+    _coded_tree(tmp_path / "val", {"b": 1})
+    with pytest.warns(UserWarning, match="no folder for a"):
+        _, heldout = _load(root, tmp_path / "cache", heldout_dir=tmp_path / "val")
+    assert heldout.y.tolist() == [1]
 
 
 def test_load_image_folder_empty_class(tmp_path):
