@@ -216,9 +216,15 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+# what the best trials table's "gap" is, printed under it
+GAP_NOTE = ("gap: validation minus training cross-entropy at the best epochs; the training loss "
+            "is measured with dropout and augmentation on, so a regularized recipe's gap is "
+            "often negative")
+
+
 def best_trials_table(rows: list[dict[str, Any]], param_names: list[str], title: str) -> Table:
     """Return a table of the best trials: number, cv val_loss ± std, accuracy, gap, recipe."""
-    table = Table(title=title, box=box.SIMPLE_HEAD)
+    table = Table(title=title, box=box.SIMPLE_HEAD, caption=GAP_NOTE, caption_justify="left")
     for column in ("trial", "cv val_loss", "± std", "val acc", "gap", *param_names):
         table.add_column(column, justify="right", no_wrap=True)
     for row in rows:

@@ -124,3 +124,15 @@ def test_off_a_terminal_the_launcher_lists_running_trials_at_most_every_log_ever
         progress.workers({3: ("pid 11", 1)})
     assert out.getvalue().splitlines() == [
         "running: trial 3 fold 1/2 · epoch 1/4; trial 4 fold 2/2 · epoch 4/4"]
+
+
+def test_the_best_trials_table_says_what_gap_means() -> None:
+    from search.progress import best_trials_table
+
+    table = best_trials_table([{"number": 3, "value": 0.1, "std": 0.01, "accuracy": 0.9,
+                                "gap": -0.05, "params": {"l2": 1e-4}}], ["l2"], title="best")
+    out = io.StringIO()
+    Console(file=out, width=200).print(table)
+    text = " ".join(out.getvalue().split())  # the note wraps at the table's width
+    assert "gap: validation minus training cross-entropy at the best epochs" in text
+    assert "dropout and augmentation on" in text
