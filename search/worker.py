@@ -171,7 +171,10 @@ def announce(progress: StudyProgress, trial: optuna.trial.FrozenTrial) -> None:
         detail = " " + where_stopped(trial.last_step, progress.n_folds, progress.max_epochs)
     if value is not None and not math.isfinite(value):
         value = None
-    progress.trial_finished(trial.number, state, value, detail)
+    seconds = None
+    if trial.datetime_start is not None and trial.datetime_complete is not None:
+        seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
+    progress.trial_finished(trial.number, state, value, detail, seconds=seconds)
 
 
 def where_stopped(step: int, n_folds: int, max_epochs: int) -> str:
