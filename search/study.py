@@ -18,6 +18,8 @@ from search.stores import retry_schema_race, schema_lock, store_error
 from spaces import default_params
 
 STALE_REASON = "worker stopped sending heartbeats"
+# what the objective is called in Optuna (its plots, optuna-dashboard) and in MLflow
+OBJECTIVE_NAME = "cv_val_loss"
 
 
 class StaleTrialCallback:
@@ -231,6 +233,11 @@ def open_study(config: StudyConfig, *, create: bool = True,
         direction="minimize",
         load_if_exists=True,
     )
+    if create and study.metric_names is None:
+        # optuna-dashboard and Optuna's plots call the value "Objective 0" otherwise
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([OBJECTIVE_NAME])
     settings = json.loads(json.dumps(config.settings()))
     stored = study.user_attrs.get(SETTINGS_ATTR)
     if stored is None and create:
