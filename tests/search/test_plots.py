@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import matplotlib
+import matplotlib.pyplot as plt
+import optuna
+import pytest
+from matplotlib.colors import to_hex
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import optuna  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib.colors import to_hex  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from search.config import build_config  # noqa: E402
-from search.plots import (  # noqa: E402
+from search.config import build_config
+from search.plots import (
     N_NAMED,
     PLOTS,
     _pruning_curves,
@@ -20,7 +17,7 @@ from search.plots import (  # noqa: E402
     save_study_plots,
     slice_params,
 )
-from spaces import sample_params  # noqa: E402
+from spaces import sample_params
 
 
 def _study(n_trials: int = 8, seed: int = 0) -> optuna.Study:
