@@ -224,14 +224,13 @@ class MlflowTracker:
     def finish_parent(self, run_id: str, status: ParentStatus = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
-    def where_to_look(self, run_id: str) -> str:
-        """One line on how to open ``run_id`` in the MLflow UI: its link on a server, else the
-        ``mlflow ui`` command for the store (password redacted either way)."""
-        uri = redact_url(self.tracking_uri)
-        if uri.startswith(("http://", "https://")):
-            experiment = self.client.get_run(run_id).info.experiment_id
-            return f"MLflow run: {uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
-        return f"compare the trials: mlflow ui --backend-store-uri {uri}"
+    def experiment_of(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.experiment_id
+
+    def set_experiment_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        experiment = self.experiment_of(run_id)
+        for key, value in tags.items():
+            self.client.set_experiment_tag(experiment, key, value)
 
     def log_artifacts(self, run_id: str, paths: Iterable[Path], artifact_path: str | None = None) -> None:
         for path in paths:

@@ -37,3 +37,9 @@ INTERRUPTED_TAG = INTERRUPTED_ATTR
 BASELINE_TAG = "baseline"  # a baseline run's name
 WORKER_TAG = WORKER_ATTR
 BACKEND_TAG = "keras_backend"
+
+# MLflow experiment tags
+# MLflow's UI reads a view (search, sort, columns, charts) from the experiment tag
+# ``mlflow.sharedViewState.<key>`` when a link carries ``viewStateShareKey=<key>``
+SHARED_VIEW_KEY = "regsearch-trials"
+SHARED_VIEW_TAG = f"mlflow.sharedViewState.{SHARED_VIEW_KEY}"

@@ -184,9 +184,9 @@ def test_ctrl_c_or_sigterm_ends_the_trial_cleanly_and_a_rerun_resumes(
     rerun = subprocess.run(with_trials(LONG_TRIALS, 1), cwd=tmp_path, env=ENV,
                            capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    # the default store's UI command, as the README gives it, ends the output
-    assert rerun.stderr.rstrip().endswith(
-        "compare the trials: mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db")
+    # the default store's UI command, as the README gives it, in the next steps that end it
+    assert "\nnext steps:\n  open MLflow's UI:   mlflow ui --backend-store-uri " \
+           "sqlite:///mlruns/mlflow.db\n" in rerun.stderr
     study = optuna.load_study(study_name="digits", storage=storage)
     # the interrupted trial did not use up the budget of 1: a new one ran to completion
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
