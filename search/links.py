@@ -4,9 +4,10 @@ What a link into MLflow 3's UI can carry, read from the UI's own code (the minif
 JavaScript in the wheel, ``mlflow/server/js/build``; checked on 3.17.2):
 
 - ``/#/experiments/<id>/runs`` is the runs page; without it an experiment opens on the GenAI
-  "Overview". ``workflowType=machine_learning`` switches the sidebar to "Model training" (the
-  UI otherwise keeps the last choice in the browser's local storage, GenAI at first). No
-  experiment tag changes the landing page.
+  "Overview". ``workflowType=machine_learning`` switches the sidebar to "Model training", and
+  an experiment's own page then opens on its runs (the UI otherwise keeps the last choice in
+  the browser's local storage, GenAI at first). No experiment tag changes the landing page
+  (``mlflow.experimentKind`` did not).
 - ``searchFilter``, ``orderByKey``, ``orderByAsc``, ``startTime``, ``lifecycleFilter``,
   ``datasetsFilter`` and ``modelVersionFilter`` set the search and the sort; nothing in a URL
   chooses columns. A search that leaves out the parent run lists its children flat, not
