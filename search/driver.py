@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import socket
@@ -18,6 +19,7 @@ from rich.console import Console
 from search.config import StudyConfig, user_input
 from search.datasets import StudyData, load_data
 from search.launch import start_workers, supervise
+from search.links import budget_spent, fresh_deleted, share_trials_view, study_next_steps
 from search.liveness import fail_orphaned_trials, fail_trials_of
 from search.mlflow_tracker import MlflowTracker
 from search.names import (
@@ -64,6 +66,7 @@ class _Session:
     training: Training  # what every trial trains: models, folds, class weight
     orphans: list[int]  # trials of killed processes, failed and queued again on opening
     unclosed: list[int]  # trials whose MLflow runs were left RUNNING (MLflow was out of reach)
+    deleted: list[int] = dataclasses.field(default_factory=list)  # --fresh: trials deleted
 
 
 def _open_session(config: StudyConfig, *, data_dir: str | None, progress: bool,
@@ -76,8 +79,9 @@ def _open_session(config: StudyConfig, *, data_dir: str | None, progress: bool,
         check_model_name(config.spec.model["name"])
         data = load_data(config.spec.data, where=str(config.spec.path), seed=config.seed,
                          data_dir=data_dir, progress=progress)
+        deleted: list[int] = []
         study = open_study(config, create=worker == 0, on_stale=functools.partial(
-            _close_stale_run, config.tracking_uri))
+            _close_stale_run, config.tracking_uri), on_deleted=deleted.append)
         tracker = MlflowTracker(config.tracking_uri)
     orphans = _fail_stale(study, tracker)
     unclosed = close_runs_left_running(tracker, study)
@@ -88,7 +92,7 @@ def _open_session(config: StudyConfig, *, data_dir: str | None, progress: bool,
     import keras
 
     study.set_user_attr(BACKEND_ATTR, keras.backend.backend())
-    return _Session(data, study, tracker, parent, training, orphans, unclosed)
+    return _Session(data, study, tracker, parent, training, orphans, unclosed, deleted)
 
 
 def _close_stale_run(tracking_uri: str, trial: optuna.trial.FrozenTrial) -> None:
@@ -140,6 +144,8 @@ def _header(config: StudyConfig, session: _Session, console: Console, n_workers:
         f"{redact_url(config.storage)}; MLflow {redact_url(config.tracking_uri)}",
         highlight=False, soft_wrap=True,  # one line in a log too, where the width is 80
     )
+    for n_deleted in session.deleted:
+        console.print(fresh_deleted(config.name, n_deleted), highlight=False)
     if session.orphans:
         console.print(f"trial(s) {session.orphans} of a worker process that was killed on this "
                       f"host: marked failed and queued again", highlight=False, soft_wrap=True)
@@ -172,6 +178,8 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
     study, tracker, parent = session.study, session.tracker, session.parent
     n_workers = plan.n_workers if plan is not None else 1
     _header(config, session, console, n_workers)
+    if spent := budget_spent(config.n_trials, count_trials(study)):
+        console.print(spent, highlight=False)
     interrupted = False
     baselines: dict[str, dict[str, Any]] = {}
     bars = StudyProgress(config.name, config.n_trials, count_trials(study), _best_value(study),
@@ -211,7 +219,9 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
             except KeyboardInterrupt:
                 interrupted = True
     finish_parent(study, config, tracker, parent, interrupted=interrupted)
-    console.print(tracker.where_to_look(parent), highlight=False, soft_wrap=True)
+    share_trials_view(tracker, parent, config)
+    console.print("\n".join(study_next_steps(study, config, tracker, parent)), highlight=False,
+                  soft_wrap=True)
     if interrupted:
         console.print("interrupted: the current trial is marked failed; rerun the same command "
                       "to resume.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 EXIT_USAGE = 2
 
@@ -27,7 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         path = export(args.study, output=args.output, fmt=args.format, trial_number=args.trial,
-                      storage=args.storage)
+                      storage=args.storage,
+                      on_replace=lambda line: print(line, file=sys.stderr))
     except (LookupError, ValueError, TypeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -36,8 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def export(study: str, *, output: str | None = None, fmt: str | None = None,
-           trial_number: int | None = None, storage: str | None = None) -> Path:
+           trial_number: int | None = None, storage: str | None = None,
+           on_replace: Callable[[str], None] | None = None) -> Path:
     """Write the recipe of the best (or a given, complete) trial of ``study``; return the file.
+
+    An existing file is overwritten, and ``on_replace`` is told so in one line that says
+    which recipe the file held (`replaced_line`).
 
     Raises:
         LookupError: no such study in the storage, or no such trial.
@@ -89,7 +94,24 @@ def export(study: str, *, output: str | None = None, fmt: str | None = None,
     fmt = fmt or ("json" if output and output.endswith(".json") else "yaml")
     output = output or f"{name}_recipe.{fmt}"
     document = recipe_document(loaded, trial, storage=redact_url(storage))
-    return write_recipe(document, output, fmt)
+    replaced = replaced_line(Path(output), document) if Path(output).exists() else None
+    path = write_recipe(document, output, fmt)
+    if replaced and on_replace is not None:
+        on_replace(replaced)
+    return path
+
+
+def replaced_line(path: Path, new: dict) -> str:
+    """``overwrote digits_recipe.yaml (it held trial 12 of study digits; now trial 17)``."""
+    from search.recipe_file import read_recipe
+
+    try:
+        old = read_recipe(path)
+        held = f"trial {old.get('trial')} of study {old.get('study')}"
+    except Exception:  # noqa: BLE001 (unreadable, not YAML, not a recipe: say so, write anyway)
+        held = "no regsearch recipe"
+    return (f"overwrote {path} (it held {held}; now trial {new['trial']} of study "
+            f"{new['study']})")
 
 
 if __name__ == "__main__":

@@ -28,9 +28,14 @@ from search.names import (
 from search.redact import redact_url
 from search.tracking import ParentStatus, RunState, TrackingLost
 
-# Optuna's trial states, as MLflow run statuses. A pruned trial was stopped on purpose
-# before its budget ran out: KILLED, with `optuna.trial_state=PRUNED` to tell it apart.
-STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED", "INTERRUPTED": "KILLED"}
+# Optuna's trial states, as MLflow run statuses. A pruned trial is a normal outcome of a
+# search, not a fault: FINISHED, told apart by its tag `optuna.trial_state=PRUNED` and its
+# name (`PRUNED_SUFFIX`). MLflow's UI draws KILLED and FAILED alike, with a red cross, which
+# made most trials of a study look broken; only a stop that was not the recipe's doing
+# (Ctrl-C, SIGTERM, a lost store) stays KILLED.
+STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "INTERRUPTED": "KILLED"}
+# appended to a pruned trial's run name, so it reads as pruned wherever MLflow lists runs
+PRUNED_SUFFIX = " (pruned)"
 
 
 def _now_ms() -> int:
@@ -200,13 +205,18 @@ class MlflowTracker:
 
     def finish_run(self, run_id: str, state: RunState, *, reason: str | None = None) -> None:
         """Close a child run: its status (`STATUS`), tag ``optuna.trial_state`` (FAIL for an
-        interrupted one, as Optuna records it, with tag ``interrupted``) and ``fail_reason``."""
+        interrupted one, as Optuna records it, with tag ``interrupted``) and ``fail_reason``;
+        a pruned run's name gets `PRUNED_SUFFIX`."""
         tags = {TRIAL_STATE_TAG: "FAIL" if state == "INTERRUPTED" else state}
         if reason:
             tags[FAIL_REASON_TAG] = reason[:4000]
         if state == "INTERRUPTED":
             tags[INTERRUPTED_TAG] = "true"
         self._set_tags(run_id, tags)
+        if state == "PRUNED":
+            name = self.client.get_run(run_id).info.run_name or ""
+            if not name.endswith(PRUNED_SUFFIX):
+                self.client.update_run(run_id, name=name + PRUNED_SUFFIX)
         self.client.set_terminated(run_id, status=STATUS[state])
 
     def running_runs(self, study_name: str) -> list[str]:
@@ -221,14 +231,13 @@ class MlflowTracker:
     def finish_parent(self, run_id: str, status: ParentStatus = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
-    def where_to_look(self, run_id: str) -> str:
-        """One line on how to open ``run_id`` in the MLflow UI: its link on a server, else the
-        ``mlflow ui`` command for the store (password redacted either way)."""
-        uri = redact_url(self.tracking_uri)
-        if uri.startswith(("http://", "https://")):
-            experiment = self.client.get_run(run_id).info.experiment_id
-            return f"MLflow run: {uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
-        return f"compare the trials: mlflow ui --backend-store-uri {uri}"
+    def experiment_of(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.experiment_id
+
+    def set_experiment_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        experiment = self.experiment_of(run_id)
+        for key, value in tags.items():
+            self.client.set_experiment_tag(experiment, key, value)
 
     def log_artifacts(self, run_id: str, paths: Iterable[Path], artifact_path: str | None = None) -> None:
         for path in paths:

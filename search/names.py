@@ -41,3 +41,9 @@ BASELINE_TAG = "baseline"  # a baseline run's name
 WORKER_TAG = WORKER_ATTR
 BACKEND_TAG = "keras_backend"
 AT_CHANCE_TAG = "regsearch.at_chance"  # "true" on a run whose recipe never beat chance level
+
+# MLflow experiment tags
+# MLflow's UI reads a view (search, sort, columns, charts) from the experiment tag
+# ``mlflow.sharedViewState.<key>`` when a link carries ``viewStateShareKey=<key>``
+SHARED_VIEW_KEY = "regsearch-trials"
+SHARED_VIEW_TAG = f"mlflow.sharedViewState.{SHARED_VIEW_KEY}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from typing import Any, ContextManager, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 from rich import box
 from rich.console import Console
@@ -18,6 +18,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from search.stopping import trainer_hooks
 
@@ -28,6 +29,23 @@ LOG_EVERY_SECONDS = 60.0
 BATCH_UPDATE_SECONDS = 0.25
 
 
+class _TimeLeft(TimeRemainingColumn):
+    """Rich's time-left column, except where ``left(task id)`` has a text of its own.
+
+    Rich estimates from the bar's recent speed: a study bar that moves once a trial reads
+    ``-:--:--`` most of the time, and a few quick pruned trials made it promise minutes where
+    twenty were left.
+    """
+
+    def __init__(self, left: Callable[[int], str | None]) -> None:
+        super().__init__()
+        self._left = left
+
+    def render(self, task: Any) -> Text:
+        text = self._left(task.id)
+        return super().render(task) if text is None else Text(text, style="progress.remaining")
+
+
 class StudyProgress:
     """Two bars: the study's trial budget, and the folds and epochs of the running trial.
 
@@ -36,6 +54,9 @@ class StudyProgress:
     epochs. Elsewhere (a log file, CI, a worker's log) no bar is drawn; instead a line about
     the running trial is printed at most every ``log_every`` seconds. Each finished trial is
     printed as one line in both cases.
+
+    The study's time left (`time_left`) is the mean duration of the trials finished so far
+    (complete, pruned and failed alike) times the trials left, shown once a trial has ended.
     """
 
     def __init__(self, study_name: str, n_trials: int, counts: dict[str, int], best: float | None,
@@ -54,13 +75,16 @@ class StudyProgress:
         self._trial_started = 0.0
         self._last_line = self._last_batch = -math.inf
         self._where = ""
+        self.n_trials = n_trials
+        self._durations: list[float] = []  # seconds of each trial finished in this run
+        self._parallel = 1  # trials running at once (the launcher's workers)
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[status]}"),
             TimeElapsedColumn(),
-            TimeRemainingColumn(),
+            _TimeLeft(self._study_time_left),
             console=self.console,
             transient=False,
             disable=not self.live,
@@ -171,11 +195,12 @@ class StudyProgress:
                     f"trial {number}", total=self.n_folds * self.max_epochs, status="")
             self._progress.update(self._workers[number], completed=done,
                                   status=f"{where[number]} · {worker}")
+        self._parallel = max(1, len(running))
         now = time.monotonic()
         if not self.live and where and now - self._last_line >= self.log_every:
             self._last_line = now
             self.console.print("running: " + "; ".join(
-                f"trial {n} {w}" for n, w in where.items()), highlight=False)
+                f"trial {n} {w}" for n, w in where.items()) + self._left_in_log(), highlight=False)
 
     def _fold(self, fold: int) -> str:
         return f"fold {fold + 1}/{self._folds} · " if self._folds > 1 else ""
@@ -186,12 +211,48 @@ class StudyProgress:
             return
         self._last_line = now
         elapsed = _duration(now - self._trial_started)
-        self.console.print(f"{self._label}: {self._where} · {elapsed} so far", highlight=False)
+        self.console.print(f"{self._label}: {self._where} · {elapsed} so far{self._left_in_log()}",
+                           highlight=False)
 
-    def trial_finished(self, number: int, state: str, value: float | None, detail: str = "") -> None:
+    def time_left(self) -> float | None:
+        """Seconds until the study's budget is spent, or None before a trial has finished.
+
+        The mean duration of the trials finished in this run, whatever their outcome (a
+        pruned trial is short, a failed one may be), times the trials left, shared among the
+        trials running at once; less what the running trial has already taken.
+        """
+        if not self._durations:
+            return None
+        done = self.counts["complete"] + self.counts["pruned"] + self.counts["failed"]
+        left = max(0, self.n_trials - done)
+        mean = sum(self._durations) / len(self._durations)
+        seconds = mean * left / self._parallel
+        if self._label is not None and self._label.startswith("trial "):
+            seconds -= time.monotonic() - self._trial_started
+        return max(0.0, seconds) if left else 0.0
+
+    def _study_time_left(self, task_id: int) -> str | None:
+        if task_id != self._study:
+            return None
+        seconds = self.time_left()
+        if seconds is None:
+            return "-:--:--"
+        hours, rest = divmod(round(seconds), 3600)
+        return f"~{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+    def _left_in_log(self) -> str:
+        seconds = self.time_left()
+        return "" if seconds is None else f" · study: about {_duration(round(seconds))} left"
+
+    def trial_finished(self, number: int, state: str, value: float | None, detail: str = "", *,
+                       seconds: float | None = None) -> None:
+        """Count a finished trial and print its line; ``seconds`` (start to end, as the
+        storage recorded it) feeds `time_left`."""
         key = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}.get(state)
         if key:
             self.counts[key] += 1
+            if seconds is not None:
+                self._durations.append(seconds)
         if state == "COMPLETE" and value is not None and math.isfinite(value):
             self.best = value if self.best is None else min(self.best, value)
         self.job_finished()
@@ -216,9 +277,15 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+# what the best trials table's "gap" is, printed under it
+GAP_NOTE = ("gap: validation minus training cross-entropy at the best epochs; the training loss "
+            "is measured with dropout and augmentation on, so a regularized recipe's gap is "
+            "often negative")
+
+
 def best_trials_table(rows: list[dict[str, Any]], param_names: list[str], title: str) -> Table:
     """Return a table of the best trials: number, cv val_loss ± std, accuracy, gap, recipe."""
-    table = Table(title=title, box=box.SIMPLE_HEAD)
+    table = Table(title=title, box=box.SIMPLE_HEAD, caption=GAP_NOTE, caption_justify="left")
     for column in ("trial", "cv val_loss", "± std", "val acc", "gap", *param_names):
         table.add_column(column, justify="right", no_wrap=True)
     for row in rows:

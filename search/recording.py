@@ -63,8 +63,16 @@ def train_recorded(tracker: Tracker, run_id: str, train: Train, *, n_classes: in
     Returns:
         The cross-validation result and its summary metrics.
     """
+    folds: list["FoldResult"] = []
+
+    def on_fold(fold: "FoldResult") -> None:
+        folds.append(fold)
+        # the score first: MLflow's compare page plots the first metric its runs share
+        tracker.log_metrics(run_id, fold_scores(folds), step=fold.fold)
+        tracker.log_fold(run_id, fold.fold, fold_curves(fold))
+
     try:
-        result = train(lambda fold: tracker.log_fold(run_id, fold.fold, fold_curves(fold)))
+        result = train(on_fold)
     except TrackingLost:
         raise
     except BaseException as exc:
@@ -75,7 +83,8 @@ def train_recorded(tracker: Tracker, run_id: str, train: Train, *, n_classes: in
         tracker.finish_run(run_id, state, reason=reason)
         raise
     summary = summarize(result, lead_seconds=lead_seconds)
-    tracker.log_metrics(run_id, summary)
+    # cv_val_loss is logged by fold (`fold_scores`); its last value is the summary's
+    tracker.log_metrics(run_id, {k: v for k, v in summary.items() if k != "cv_val_loss"})
     if not beats_chance(fold_losses(result), n_classes):
         tracker.set_tags(run_id, {AT_CHANCE_TAG: "true"})
     tracker.finish_run(run_id, "PRUNED" if result.stopped else "COMPLETE")
@@ -99,6 +108,23 @@ def failure_reason(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
         return f"interrupted ({str(exc) or 'Ctrl-C'})"
     return str(exc) if isinstance(exc, TrainingFailed) else f"{type(exc).__name__}: {exc}"
+
+
+def fold_scores(folds: "list[FoldResult]") -> dict[str, float]:
+    """What the score is made of, logged as each fold ends (``step`` = the fold's number).
+
+    ``fold_<k>/best_val_loss`` is the fold's validation loss at its best epoch, the one early
+    stopping restores, and ``fold_<k>/best_epoch`` that epoch (0-based: the step of the
+    fold's curves); the last epoch's value, which the curves end with, is not what the score
+    uses. ``cv_val_loss`` is the mean best loss of the folds so far, so after the last fold it
+    is the trial's objective, the mean of the ``fold_<k>/best_val_loss`` values.
+    """
+    from trainers.fit import CVResult
+
+    last = folds[-1]
+    return {"cv_val_loss": CVResult(tuple(folds)).val_loss,
+            f"fold_{last.fold}/best_val_loss": last.val_loss,
+            f"fold_{last.fold}/best_epoch": float(last.best_epoch)}
 
 
 def fold_curves(fold: "FoldResult") -> dict[str, list[float]]:

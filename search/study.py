@@ -24,6 +24,8 @@ from search.stores import check_stores, retry_schema_race, schema_lock, store_er
 from spaces import default_params
 
 STALE_REASON = "worker stopped sending heartbeats"
+# what the objective is called in Optuna (its plots, optuna-dashboard) and in MLflow
+OBJECTIVE_NAME = "cv_val_loss"
 
 
 class StaleTrialCallback:
@@ -218,11 +220,13 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
 
 
 def open_study(config: StudyConfig, *, create: bool = True,
-               on_stale: Callable[[FrozenTrial], None] | None = None) -> optuna.Study:
+               on_stale: Callable[[FrozenTrial], None] | None = None,
+               on_deleted: Callable[[int], None] | None = None) -> optuna.Study:
     """Create the study of ``config`` or load it to resume.
 
     A resumed study must have been created with the same folds, epochs, seed, data, model and
-    space, or its trials would not be comparable.
+    space, or its trials would not be comparable. With ``config.fresh`` a stored study is
+    deleted first, and ``on_deleted`` is told how many trials it held.
 
     Raises:
         ValueError: the stored study was created with other settings (the message says
@@ -231,9 +235,14 @@ def open_study(config: StudyConfig, *, create: bool = True,
     storage = open_storage(config.storage, on_stale, config.tracking_uri)
     if config.fresh and create:
         try:
+            n_deleted = len(storage.get_all_trials(storage.get_study_id_from_name(config.name),
+                                                   deepcopy=False))
             optuna.delete_study(study_name=config.name, storage=storage)
-        except KeyError:
+        except KeyError:  # no such study (or another process deleted it first)
             pass
+        else:
+            if on_deleted is not None:
+                on_deleted(n_deleted)
     study = optuna.create_study(
         study_name=config.name,
         storage=storage,
@@ -242,6 +251,11 @@ def open_study(config: StudyConfig, *, create: bool = True,
         direction="minimize",
         load_if_exists=True,
     )
+    if create and study.metric_names is None:
+        # optuna-dashboard and Optuna's plots call the value "Objective 0" otherwise
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([OBJECTIVE_NAME])
     settings = json.loads(json.dumps(config.settings()))
     stored = study.user_attrs.get(SETTINGS_ATTR)
     if stored is None and create:

@@ -62,5 +62,8 @@ class Tracker(Protocol):
     def running_runs(self, study_name: str) -> list[str]:
         """The ids of the study's runs still open (parent and children)."""
 
-    def where_to_look(self, run_id: str) -> str:
-        """One line telling the user how to open ``run_id`` (no password in it)."""
+    def experiment_of(self, run_id: str) -> str:
+        """The id of the experiment (one per study) that holds ``run_id``."""
+
+    def set_experiment_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        """Tag the experiment that holds ``run_id`` (`search.links` shares a view that way)."""

@@ -32,6 +32,7 @@ class MemoryTracker:
     def __init__(self, lose_at: str | None = None) -> None:
         self.runs: dict[str, Run] = {}
         self.studies: dict[str, list[str]] = {}
+        self.experiment_tags: dict[str, str] = {}
         self.lose_at = lose_at
         self._ids = itertools.count()
 
@@ -101,5 +102,8 @@ class MemoryTracker:
     def running_runs(self, study_name: str) -> list[str]:
         return [i for i in self.studies.get(study_name, []) if self.runs[i].status == "RUNNING"]
 
-    def where_to_look(self, run_id: str) -> str:
-        return f"memory run {run_id}"
+    def experiment_of(self, run_id: str) -> str:
+        return "0"
+
+    def set_experiment_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        self.experiment_tags.update(tags)

@@ -14,8 +14,8 @@ from tests.search.pg import free_port
 
 
 class MlflowServer:
-    def __init__(self, root: Path) -> None:
-        self.root, self.port = root, free_port()
+    def __init__(self, root: Path, workers: int = 2) -> None:
+        self.root, self.port, self.workers = root, free_port(), workers
         self.url = f"http://127.0.0.1:{self.port}"
         self._proc: subprocess.Popen | None = None
 
@@ -25,7 +25,7 @@ class MlflowServer:
         with (self.root / "server.log").open("ab") as log:
             self._proc = subprocess.Popen(
                 [mlflow, "server", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--workers", "2", "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
+                 "--workers", str(self.workers), "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
                  "--artifacts-destination", str(self.root / "artifacts")],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 N_WORKERS = 3
 N_TRIALS = 6
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-MLFLOW_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED",
+MLFLOW_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "FINISHED",
                  TrialState.FAIL: "FAILED"}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import types
 
 import pytest
@@ -124,3 +125,46 @@ def test_off_a_terminal_the_launcher_lists_running_trials_at_most_every_log_ever
         progress.workers({3: ("pid 11", 1)})
     assert out.getvalue().splitlines() == [
         "running: trial 3 fold 1/2 · epoch 1/4; trial 4 fold 2/2 · epoch 4/4"]
+
+
+def test_the_study_time_left_is_the_mean_trial_duration_times_the_trials_left() -> None:
+    progress, out = _progress(terminal=False, log_every=0.0)  # 10 trials
+    column = progress._progress.columns[-1]
+    study = progress._progress.tasks[0]
+    with progress:
+        assert progress.time_left() is None
+        assert column.render(study).plain == "-:--:--"  # nothing measured yet
+        progress.trial_finished(0, "COMPLETE", 1.0, seconds=100.0)
+        progress.trial_finished(1, "PRUNED", None, seconds=20.0)  # pruned and failed count too
+        progress.trial_finished(2, "FAIL", None, seconds=30.0)
+        assert progress.time_left() == pytest.approx(50.0 * 7)
+        assert column.render(study).plain == "~0:05:50"
+        progress.trial_started(3)  # the running trial's time so far is spent already
+        assert 50.0 * 7 - 5 < progress.time_left() <= 50.0 * 7
+        progress.epoch(0, 0, 0, 1.5)
+    assert re.search(r"· 0s so far · study: about 5m(4\d|50)s left$", out.getvalue())
+    # the trial's own bar keeps rich's estimate
+    assert column.render(progress._progress.tasks[1]).plain != "~0:05:50"
+
+
+def test_the_time_left_shares_the_trials_left_among_running_workers() -> None:
+    progress, _ = _progress(terminal=True)
+    with progress:
+        progress.trial_finished(0, "COMPLETE", 1.0, seconds=60.0)
+        progress.workers({1: ("pid 11", 0), 2: ("pid 12", None), 3: ("pid 13", 2)})
+        assert progress.time_left() == pytest.approx(60.0 * 9 / 3)
+        for number in range(1, 10):
+            progress.trial_finished(number, "COMPLETE", 1.0, seconds=60.0)
+        assert progress.time_left() == 0.0
+
+
+def test_the_best_trials_table_says_what_gap_means() -> None:
+    from search.progress import best_trials_table
+
+    table = best_trials_table([{"number": 3, "value": 0.1, "std": 0.01, "accuracy": 0.9,
+                                "gap": -0.05, "params": {"l2": 1e-4}}], ["l2"], title="best")
+    out = io.StringIO()
+    Console(file=out, width=200).print(table)
+    text = " ".join(out.getvalue().split())  # the note wraps at the table's width
+    assert "gap: validation minus training cross-entropy at the best epochs" in text
+    assert "dropout and augmentation on" in text

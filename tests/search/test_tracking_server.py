@@ -48,8 +48,8 @@ def test_workers_opening_a_new_study_together_share_one_experiment(mlflow_server
 
 
 @pytest.mark.slow
-def test_a_study_on_a_server_prints_one_link_and_never_the_password(mlflow_server: str,
-                                                                     tmp_path: Path) -> None:
+def test_a_study_on_a_server_prints_its_links_and_never_the_password(mlflow_server: str,
+                                                                      tmp_path: Path) -> None:
     uri = mlflow_server.replace("http://", f"http://user:{PASSWORD}@")
     proc = subprocess.run(
         [sys.executable, "-m", "search.run", "--study", "digits", "--trials", "2", "--epochs",
@@ -62,10 +62,13 @@ def test_a_study_on_a_server_prints_one_link_and_never_the_password(mlflow_serve
     assert proc.returncode == 0, output[-3000:]
     assert PASSWORD not in output
     assert "View run" not in output  # MLflow's link for every run it ends
-    links = re.findall(r"MLflow run: (http://user:\*\*\*@127\.0\.0\.1:\d+)/#/experiments/(\d+)/runs/(\w+)",
-                       output)
+    # the server's own links, without the credentials (a browser asks for them)
+    links = re.findall(r"already on the study's run \([^)]*\): (http://127\.0\.0\.1:\d+)"
+                       r"/#/experiments/(\d+)/runs/(\w+)", output)
     assert len(links) == 1, output[-3000:]
-    _, experiment_id, run_id = links[0]
+    address, experiment_id, run_id = links[0]
+    assert f"  the study's trials: {address}/#/experiments/{experiment_id}/runs?" in output
+    assert "mlflow ui" not in output  # nothing to serve: the server is the UI
     parent = MlflowClient(mlflow_server).get_run(run_id)
     assert parent.info.experiment_id == experiment_id
     assert parent.data.tags[ROLE_TAG] == "study" and parent.info.status == "FINISHED"
