@@ -49,8 +49,8 @@ def prepare_training(config: StudyConfig, data: StudyData) -> Training:
         if not _out_of_memory(exc):
             raise
         raise ValueError(
-            f"model {config.spec.model!r} does not fit in memory here: building it failed "
-            f"with {type(exc).__name__} ({str(exc).splitlines()[0][:200]}); make it smaller "
+            f"model {config.spec.model!r} does not fit in memory here (building it raised "
+            f"{type(exc).__name__}); make it smaller "
             f"(e.g. --set model.units=..., model.width=...) or use a machine with more memory."
         ) from None
     return Training(build, make_models(config, build),

@@ -254,3 +254,16 @@ def test_swapped_stores_are_refused_and_left_unchanged(tmp_path, mlruns):
     result = run(tmp_path, "--study", "digits")
     assert result.returncode == 0, result.stderr
     assert tables(mlruns / "optuna.db") == optuna_tables
+
+
+def test_a_model_too_big_for_memory_is_one_line_and_opens_no_run(tmp_path):
+    # a trillion units a layer: the build itself runs out of memory, on any backend
+    line = assert_usage_error(run(tmp_path, "--study", "digits", "--trials", "1",
+                                  "--set", "model.units=1000000000000"),
+                              "does not fit in memory here", "make it smaller")
+    assert "units" in line
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name("digits")
+    assert experiment is None or not client.search_runs([experiment.experiment_id])
