@@ -32,6 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import quote, urlencode
 
 from search.names import (
+    AT_CHANCE_TAG,
     BASELINES_ATTR,
     FAIL_REASON_TAG,
     ROLE_TAG,
@@ -79,7 +80,8 @@ def trials_view(param_names: Sequence[str], n_folds: int) -> dict[str, Any]:
     """
     metrics = [*SCORE_METRICS, *(f"fold_{k}/best_val_loss" for k in range(n_folds)),
                *OTHER_METRICS]
-    columns = ([f"tags.`{TRIAL_STATE_TAG}`", f"tags.`{FAIL_REASON_TAG}`"]
+    # at_chance: "true" on a recipe that never beat chance level (never selected)
+    columns = ([f"tags.`{TRIAL_STATE_TAG}`", f"tags.`{AT_CHANCE_TAG}`", f"tags.`{FAIL_REASON_TAG}`"]
                + [f"metrics.`{m}`" for m in metrics] + [f"params.`{p}`" for p in param_names])
     parallel = {"uuid": "regsearch-parallel", "type": "PARALLEL", "runsCountToCompare": 10,
                 "metricSectionId": _SECTION, "deleted": False, "isGenerated": False,

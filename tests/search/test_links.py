@@ -84,8 +84,8 @@ def test_trials_view_sorts_by_the_score_and_shows_folds_score_and_recipe(n_folds
     assert view["searchFilter"] == "tags.`regsearch.role` != 'study'"  # flat: no parent run
     columns = view["selectedColumns"]
     folds = [f"metrics.`fold_{k}/best_val_loss`" for k in range(n_folds)]
-    assert columns[:3] == ["tags.`optuna.trial_state`", "tags.`fail_reason`",
-                           "metrics.`cv_val_loss`"]
+    assert columns[:4] == ["tags.`optuna.trial_state`", "tags.`regsearch.at_chance`",
+                           "tags.`fail_reason`", "metrics.`cv_val_loss`"]
     assert set(folds) < set(columns) and f"metrics.`fold_{n_folds}/best_val_loss`" not in columns
     assert columns[-len(PARAMS):] == [f"params.`{p}`" for p in PARAMS]
     chart = view["compareRunCharts"][0]  # the charts view starts with the recipe vs the score
