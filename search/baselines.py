@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from search.tracking import Tracker
     from trainers.fit import ClassWeight
 
-# The hand-picked recipes of the reference report (DESIGN.md). Each starts from "no
+# The hand-picked recipes of the reference report on Tiny ImageNet. Each starts from "no
 # regularization" and the study's fixed settings; patience is the study's default, so the
 # baselines get the same early stopping (best weights restored) as the searched trials. The
 # reference augmentation (flips, brightness 0.4, contrast 0.8-1.2, saturation 0.7-1.3) is our

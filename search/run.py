@@ -16,9 +16,7 @@ _BACKEND_INSTALL = {"jax": ("jax", 'pip install -e ".[jax]"'),
                     "tensorflow": ("tensorflow", 'pip install -e ".[tensorflow]"'),
                     "torch": ("torch", 'pip install -e ".[torch]"')}
 BACKENDS = tuple(_BACKEND_INSTALL)
-# Options that only the launching process acts on; its workers get the rest.
-_LAUNCHER_ONLY = {"--fresh": 0, "--baselines": 1, "--gpus": 1, "--workers-per-gpu": 1,
-                  "--report-top": 1}
+LAUNCHER_GROUP = "launcher options"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -27,6 +25,9 @@ def parser() -> argparse.ArgumentParser:
         description="Search the regularization recipe (L1/L2, dropout, augmentation, "
                     "early-stopping patience) that lowers k-fold validation loss.",
     )
+    # what only the launching process acts on; its workers get every other option
+    launcher = p.add_argument_group(LAUNCHER_GROUP, "acted on by the process you start, "
+                                                    "not passed on to its worker processes")
     p.add_argument("--study", required=True,
                    help=f"built-in study ({', '.join(builtin_studies())}) or a study .yaml file")
     p.add_argument("--trials", type=int, dest="n_trials",
@@ -45,22 +46,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override an entry of the study file, e.g. --set data.n_classes=10 "
                         "--set model.name=small_resnet (repeatable)")
-    p.add_argument("--baselines", metavar="SET",
-                   help="also cross-validate a set of hand-picked recipes ('reference': the five "
-                        "of the reference report), logged as child runs tagged 'baseline'")
+    launcher.add_argument("--baselines", metavar="SET",
+                          help="also cross-validate a set of hand-picked recipes ('reference': "
+                               "the five of the reference report), logged as child runs tagged "
+                               "'baseline'")
     p.add_argument("--no-report", action="store_true",
                    help="skip retraining the selected recipe and baselines on the whole training "
                         "split and scoring the held-out split")
-    p.add_argument("--report-top", type=int, default=3, metavar="K",
-                   help="the held-out report retrains the K best trials (default 3; the first "
-                        "is the selected one) to check that the CV ranking carries over")
-    p.add_argument("--fresh", action="store_true",
-                   help="delete the stored study and start over instead of resuming")
+    launcher.add_argument("--report-top", type=int, default=3, metavar="K",
+                          help="the held-out report retrains the K best trials (default 3; the "
+                               "first is the selected one) to check that the CV ranking carries "
+                               "over")
+    launcher.add_argument("--fresh", action="store_true",
+                          help="delete the stored study and start over instead of resuming")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--gpus", help="GPU indices to use, e.g. 0,1 (default: every visible GPU; "
-                                  "a CPU-only machine runs one worker)")
-    p.add_argument("--workers-per-gpu", type=int, default=1,
-                   help="worker processes sharing each GPU (default: 1)")
+    launcher.add_argument("--gpus", help="GPU indices to use, e.g. 0,1 (default: every visible "
+                                         "GPU; a CPU-only machine runs one worker)")
+    launcher.add_argument("--workers-per-gpu", type=int, default=1,
+                          help="worker processes sharing each GPU (default: 1)")
     p.add_argument("--backend", choices=BACKENDS,
                    help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
@@ -197,14 +200,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _worker_argv(argv: list[str]) -> list[str]:
     """The command line minus what only the launcher does (fresh start, baselines, GPU plan)."""
+    group = next(g for g in parser()._action_groups if g.title == LAUNCHER_GROUP)
+    # option -> how many values follow it
+    launcher_only = {o: 0 if a.nargs == 0 else 1 for a in group._group_actions
+                     for o in a.option_strings}
     out, skip = [], 0
     for arg in argv:
         if skip:
             skip -= 1
             continue
         name = arg.split("=", 1)[0]
-        if name in _LAUNCHER_ONLY:
-            skip = _LAUNCHER_ONLY[name] if "=" not in arg else 0
+        if name in launcher_only:
+            skip = launcher_only[name] if "=" not in arg else 0
             continue
         out.append(arg)
     return out + ["--no-progress"]

@@ -102,7 +102,6 @@ class StudySpec:
     search: SearchSettings
     space: Space
     description: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def builtin_studies() -> list[str]:

@@ -1,7 +1,7 @@
 """Jit-compatible image augmentation whose strength is one number, `magnitude` in [0, 1].
 
 Keras 3.15's RandomRotation/RandomTranslation/RandomZoom set ``supports_jit = False``, which turns
-XLA off for the whole model (see DESIGN.md). `RandomAugment` does flips, rotation, translation and
+XLA off for the whole model (`model.jit_compile` reads False). `RandomAugment` does flips, rotation, translation and
 zoom as one random affine matrix per image, resampled bilinearly with reflected borders by plain
 ``keras.ops`` gathers, and brightness, contrast and saturation with ``keras.ops`` too, so a model
 containing it stays jit-compiled on every backend.

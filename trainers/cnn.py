@@ -95,7 +95,7 @@ def build_seed_cnn(
     Convolutions 11x11x64, 5x5x192, 3x3x384, 3x3x384, 3x3x256 (stride 1, "same", ReLU), local
     response normalization after the first two, 3x3/2 max pooling ("valid", as AlexNet's
     overlapping pooling) after convolutions 1, 2 and 5, then two dense 1024 ReLU layers each
-    followed by the recipe's dropout (DESIGN.md, "Measured on this data").
+    followed by the recipe's dropout (the reference report's network).
 
     Args:
         input_shape: (height, width, channels) of the raw images.

@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 # A fold whose validation loss stays within this fraction of ln(n_classes) at every epoch never
-# left chance level (DESIGN.md: Adam at 1e-3 holds the reference CNN at ln 25 for every epoch).
+# left chance level (measured: Adam at 1e-3 holds the reference CNN at ln 25 for every epoch).
 # A loss far *above* ln(n_classes) did move: it is a bad score, not a failure, and the sampler
 # should see it.
 CHANCE_TOLERANCE = 0.01
@@ -341,10 +341,6 @@ class FinalResult:
     # comparisons between recipes resample these (same images, same order).
     heldout_losses: np.ndarray = field(repr=False, compare=False)
     heldout_correct: np.ndarray = field(repr=False, compare=False)
-
-    @property
-    def generalization_gap(self) -> float:
-        return self.heldout_loss - self.train_loss
 
 
 def train_final(
