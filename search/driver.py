@@ -37,9 +37,9 @@ from search.progress import StudyProgress, best_trials_table
 from search.recipe_file import recipe_document, write_recipe
 from search.recording import close_runs_left_running, close_trial_run
 from search.redact import redact_url
-from search.selection import nothing_selected, ranked_trials, selected_trial
+from search.selection import at_chance, nothing_selected, ranked_trials, selected_trial
 from search.stores import EXIT_STORE_LOST
-from search.study import STALE_REASON, count_trials, open_study, quiet_optuna
+from search.study import STALE_REASON, TPE_DEFAULTS, count_trials, open_study, quiet_optuna
 from search.tracking import Tracker
 from search.training import Training, prepare_training
 from search.worker import Objective, announce, run_trials
@@ -293,7 +293,7 @@ def _report(study, config, data, training, tracker, parent, baselines,  # noqa: 
             console, progress) -> None:
     """Retrain the selected trial and the baselines; print and log the held-out table."""
     from search.report import heldout_report, report_lines, report_table
-    from search.stats import design_warnings
+    from search.stats import design_warnings, search_warnings
 
     ranked = ranked_trials(study)[:config.report_top]
     if not ranked:
@@ -313,8 +313,13 @@ def _report(study, config, data, training, tracker, parent, baselines,  # noqa: 
     candidates.update({f"baseline {name}": outcome for name, outcome in baselines.items()
                        if "cv_val_loss" in outcome})
     recipe = best.user_attrs[RECIPE_ATTR]
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    random = ({**TPE_DEFAULTS, **config.tpe_options}["n_startup_trials"]
+              if config.sampler == "tpe" else 0)
     warnings = design_warnings(best.user_attrs[BEST_EPOCHS_ATTR], recipe["patience"],
                                config.max_epochs, recipe, config.spec.space.to_dict())
+    warnings += search_warnings(len(complete), sum(
+        at_chance(t, data.train.n_classes) for t in complete), random)
     report = heldout_report(study, candidates, train=data.train, heldout=data.heldout,
                             models=training.models, seed=config.seed, tracker=tracker,
                             parent_run_id=parent, console=console,

@@ -34,6 +34,8 @@ EDGE_FRACTION = 0.05
 MIN_FOLDS = 3
 # Spearman's rho over 3 recipes takes only four values; below 4 there is no ranking to judge.
 MIN_RECIPES = 4
+# a share of complete trials at chance level that says the space reaches too far
+AT_CHANCE_SHARE = 0.25
 # rho at or above STRONG: the ranking carried over; below WEAK: it did not.
 STRONG_RHO, WEAK_RHO = 0.7, 0.4
 
@@ -286,6 +288,33 @@ def verdict(diff: PairedDiff, what: str) -> str:
                 f"to {-low:.3g}; {detail}), beyond {_UNIT_NOISE[diff.unit]}")
     return (f"not distinguishable from {what} in {diff.metric} {_UNIT_COUNT[diff.unit]} "
             f"(gain {gain:.3g}, {level} {low:.3g} to {high:.3g}; {detail})")
+
+
+def search_warnings(n_complete: int, n_at_chance: int, n_random: int) -> list[str]:
+    """Name what in the search itself limits the answer, one line each with the fix.
+
+    Args:
+        n_complete: complete trials (those at chance level included).
+        n_at_chance: complete trials that never beat chance level (`search.selection`).
+        n_random: trials the sampler draws at random before it models anything (TPE's
+            ``n_startup_trials``; 0 for a sampler that never models, such as random search).
+
+    Returns:
+        A line when at least a quarter of the complete trials never beat chance level (the
+        space reaches into recipes that cannot train), and one when fewer trials completed than
+        the sampler draws at random (the search was still random search).
+    """
+    warnings = []
+    if n_complete and n_at_chance / n_complete >= AT_CHANCE_SHARE:
+        warnings.append(
+            f"{n_at_chance} of {n_complete} complete trials never beat chance level: the space "
+            f"reaches into recipes that cannot train (often too strong a penalty); narrow the "
+            f"ranges that those trials share (see the slice plot)")
+    if n_complete < n_random:
+        warnings.append(
+            f"only {n_complete} trials completed, fewer than the {n_random} the sampler draws at "
+            f"random before it models the results: the search was still random; raise --trials")
+    return warnings
 
 
 def design_warnings(

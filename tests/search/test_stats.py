@@ -264,3 +264,18 @@ def test_design_warnings_reject_a_best_epoch_past_max_epochs() -> None:
         design_warnings([3, 30, 5], 5, 30, MIDDLE, SPACE)
     with pytest.raises(ValueError, match="patience"):
         design_warnings([3, 4, 5], 0, 30, MIDDLE, SPACE)
+
+
+@pytest.mark.parametrize("complete,at_chance,random,expected", [
+    (20, 5, 5, ["never beat chance"]),  # a quarter at chance: the space reaches too far
+    (20, 4, 5, []),
+    (3, 0, 5, ["still random"]),
+    (3, 0, 0, []),  # random search never models: nothing to warn of
+    (2, 1, 5, ["never beat chance", "still random"]),
+])
+def test_search_warnings(complete: int, at_chance: int, random: int, expected: list[str]) -> None:
+    from search.stats import search_warnings
+
+    lines = search_warnings(complete, at_chance, random)
+    assert len(lines) == len(expected)
+    assert all(words in line for words, line in zip(expected, lines))
