@@ -26,7 +26,6 @@ JavaScript in the wheel, ``mlflow/server/js/build``; checked on 3.17.2):
 from __future__ import annotations
 
 import json
-import math
 import re
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import quote, urlencode
@@ -42,6 +41,7 @@ from search.names import (
     TRIAL_STATE_TAG,
 )
 from search.redact import redact_url
+from search.selection import ranked_trials
 
 # where `mlflow ui` serves unless told otherwise
 LOCAL_UI = "http://127.0.0.1:5000"
@@ -133,17 +133,13 @@ def run_link(address: str, experiment_id: str, run_id: str) -> str:
 
 
 def compared_runs(study: Any, k: int = N_COMPARED) -> tuple[list[str], int, int]:
-    """The runs the compare link opens: the ``k`` best complete trials, then the baselines
-    that have a score.
+    """The runs the compare link opens: the ``k`` best trials that beat chance level
+    (`search.selection`), then the baselines that have a score.
 
     Returns:
         ``(run ids, number of trials, number of baselines)``.
     """
-    from optuna.trial import TrialState
-
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.value is not None and math.isfinite(t.value) and t.user_attrs.get(RUN_ID_ATTR)]
-    complete.sort(key=lambda t: t.value)
+    complete = [t for t in ranked_trials(study) if t.user_attrs.get(RUN_ID_ATTR)]
     trials = [t.user_attrs[RUN_ID_ATTR] for t in complete[:k]]
     baselines = [outcome[RUN_ID_ATTR]
                  for outcome in study.user_attrs.get(BASELINES_ATTR, {}).values()

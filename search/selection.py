@@ -26,10 +26,15 @@ def chance_level(n_classes: int) -> float:
     return math.log(n_classes)
 
 
+# A loss within this fraction of ln(K) has not left chance level: the trainer's own line
+# (`trainers.fit.CHANCE_TOLERANCE`, not imported: it would bring Keras into the CLI's start)
+CHANCE_TOLERANCE = 0.01
+
+
 def beats_chance(fold_losses: list[float], n_classes: int) -> bool:
-    """True when every fold's best validation loss fell below chance level."""
-    chance = chance_level(n_classes)
-    return bool(fold_losses) and all(math.isfinite(v) and v < chance for v in fold_losses)
+    """True when every fold's best validation loss fell clearly below chance level."""
+    line = chance_level(n_classes) * (1 - CHANCE_TOLERANCE)
+    return bool(fold_losses) and all(math.isfinite(v) and v < line for v in fold_losses)
 
 
 def at_chance(trial: "FrozenTrial", n_classes: int | None) -> bool:

@@ -11,6 +11,7 @@ import optuna
 import pytest
 
 from search.names import AT_CHANCE_ATTR, DATA_ATTR, FOLD_LOSSES_ATTR
+from search import selection
 from search.selection import at_chance, beats_chance, nothing_selected, selected_trial
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,10 +29,14 @@ def _study(*trials: tuple[float, list[float] | None]) -> optuna.Study:
     return study
 
 
-def test_beats_chance_needs_every_fold_below_ln_k() -> None:
-    chance = math.log(10)
-    assert beats_chance([0.1, chance - 1e-9], 10)
-    assert not beats_chance([0.1, chance], 10)
+def test_beats_chance_needs_every_fold_clearly_below_ln_k() -> None:
+    from trainers.fit import CHANCE_TOLERANCE
+
+    assert CHANCE_TOLERANCE == selection.CHANCE_TOLERANCE  # one line for "chance level"
+    line = math.log(10) * (1 - CHANCE_TOLERANCE)
+    assert beats_chance([0.1, line - 1e-9], 10)
+    assert not beats_chance([0.1, line], 10)
+    assert not beats_chance([0.1, math.log(10) - 1e-3], 10)  # 2.3016: still at chance
     assert not beats_chance([0.1, math.nan], 10)
     assert not beats_chance([], 10)
 
