@@ -88,7 +88,7 @@ def run_baselines(study: Any, config: Any, recipes: dict[str, Any], *, data: Any
                             {**done, name: {**outcome, RUNNING_IN_KEY: this_process()}})
         with job(progress, f"baseline {name}") as hooks:
             try:
-                result, summary = train_recorded(tracker, run_id, lambda on_fold: cross_validate(
+                result, summary, _ = train_recorded(tracker, run_id, lambda on_fold: cross_validate(
                     data, folds, recipe, models, seed=config.seed, class_weight=class_weight,
                     on_fold=on_fold, **hooks), n_classes=data.n_classes)
             except TrainingFailed as exc:

@@ -51,7 +51,7 @@ def start_run(tracker: Tracker, parent_run_id: str, recipe: "Recipe", *, name: s
 def train_recorded(tracker: Tracker, run_id: str, train: Train, *, n_classes: int,
                    lead_seconds: float = 0.0,
                    on_failed: Callable[[RunState, str], None] | None = None,
-                   ) -> tuple["CVResult", dict[str, float]]:
+                   ) -> tuple["CVResult", dict[str, float], bool]:
     """Run ``train`` with each fold's curves logged on ``run_id``, then close the run.
 
     A finished training logs its summary (`summarize`) and closes COMPLETE, or PRUNED when
@@ -61,7 +61,7 @@ def train_recorded(tracker: Tracker, run_id: str, train: Train, *, n_classes: in
     Optuna), and propagates. `TrackingLost` propagates at once: nothing more can be written.
 
     Returns:
-        The cross-validation result and its summary metrics.
+        The cross-validation result, its summary metrics, and whether it stayed at chance.
     """
     folds: list["FoldResult"] = []
 
@@ -85,10 +85,11 @@ def train_recorded(tracker: Tracker, run_id: str, train: Train, *, n_classes: in
     summary = summarize(result, lead_seconds=lead_seconds)
     # cv_val_loss is logged by fold (`fold_scores`); its last value is the summary's
     tracker.log_metrics(run_id, {k: v for k, v in summary.items() if k != "cv_val_loss"})
-    if not beats_chance(fold_losses(result), n_classes):
+    at_chance = not beats_chance(fold_losses(result), n_classes)
+    if at_chance:
         tracker.set_tags(run_id, {AT_CHANCE_TAG: "true"})
     tracker.finish_run(run_id, "PRUNED" if result.stopped else "COMPLETE")
-    return result, summary
+    return result, summary, at_chance
 
 
 def fold_losses(result: "CVResult") -> list[float]:

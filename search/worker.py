@@ -28,7 +28,6 @@ from search.names import (
 )
 from search.progress import StudyProgress
 from search.recording import failure_reason, fold_losses, make_recipe, start_run, train_recorded
-from search.selection import beats_chance
 from search.stopping import check_stop, trainer_hooks
 from search.study import count_trials
 from search.tracking import RunState, Tracker, TrackingLost
@@ -83,9 +82,8 @@ class Objective:
         copy (first in line: Optuna runs queued trials before sampling) trains it later, in
         this run or the next: the study's first, default recipe included.
         """
-        if not trial.user_attrs.get(INTERRUPTED_ATTR):
-            trial.set_user_attr(INTERRUPTED_ATTR, True)
-            trial.set_user_attr(FAIL_REASON_ATTR, reason)
+        trial.set_user_attr(INTERRUPTED_ATTR, True)
+        trial.set_user_attr(FAIL_REASON_ATTR, reason)
         trial.study.enqueue_trial(trial.params, user_attrs={RETRY_OF_ATTR: trial.number})
 
     def _run(self, trial: optuna.Trial) -> float:
@@ -114,12 +112,11 @@ class Objective:
             return trial.should_prune()
 
         def on_failed(state: RunState, reason: str) -> None:
-            if state == "INTERRUPTED":
-                trial.set_user_attr(INTERRUPTED_ATTR, True)
-            trial.set_user_attr(FAIL_REASON_ATTR, reason)
+            if state == "FAIL":  # an interruption is recorded by `__call__`, whatever it cut
+                trial.set_user_attr(FAIL_REASON_ATTR, reason)
 
         lead = time.perf_counter() - entered  # sampling, MLflow run, storage writes
-        result, summary = train_recorded(
+        result, summary, at_chance = train_recorded(
             self.tracker, run_id,
             # a recipe stuck at chance level completes with its (bad) CV loss: see
             # `search.selection` for why that, not a failure, and why it is never selected
@@ -132,8 +129,7 @@ class Objective:
             trial.set_user_attr(key, value)
         trial.set_user_attr(BEST_EPOCHS_ATTR, [f.best_epoch for f in result.folds])
         trial.set_user_attr(FOLD_LOSSES_ATTR, fold_losses(result))
-        trial.set_user_attr(AT_CHANCE_ATTR,
-                            not beats_chance(fold_losses(result), self.data.n_classes))
+        trial.set_user_attr(AT_CHANCE_ATTR, at_chance)
         if result.stopped:
             raise optuna.TrialPruned(f"pruned after {len(result.folds)} fold(s)")
         return result.val_loss
