@@ -19,6 +19,7 @@ from search.names import (
     TRIAL_STATE_TAG,
 )
 from search.selection import beats_chance
+from search.stopping import as_stop
 from search.tracking import RunState, Tracker, TrackingLost
 
 if TYPE_CHECKING:  # the trainers import Keras; a CLI mistake is answered before that
@@ -76,8 +77,9 @@ def train_recorded(tracker: Tracker, run_id: str, train: Train, *, n_classes: in
     except TrackingLost:
         raise
     except BaseException as exc:
-        state: RunState = "INTERRUPTED" if isinstance(exc, KeyboardInterrupt) else "FAIL"
-        reason = failure_reason(exc)
+        stop = as_stop(exc)
+        state: RunState = "INTERRUPTED" if stop is not None else "FAIL"
+        reason = failure_reason(stop or exc)
         if on_failed is not None:
             on_failed(state, reason)
         tracker.finish_run(run_id, state, reason=reason)

@@ -95,6 +95,22 @@ def check_stop() -> None:
         raise KeyboardInterrupt(_stop_reason)
 
 
+def as_stop(exc: BaseException) -> KeyboardInterrupt | None:
+    """The stop that ``exc`` stands for, or None when it is the code's own failure.
+
+    A KeyboardInterrupt is one. So is any other exception raised after a stop was asked for:
+    Python raises the signal's exception in whatever code runs when it comes, and a library
+    can turn it into its own error on the way out (a C extension's callback, a storage
+    driver), which would record a stopped trial as a failed recipe and count it against the
+    budget. After a stop, no failure is the recipe's.
+    """
+    if isinstance(exc, KeyboardInterrupt):
+        return exc
+    if _stop_reason is not None:
+        return KeyboardInterrupt(_stop_reason)
+    return None
+
+
 def trainer_hooks(progress: Any = None) -> dict[str, Any]:
     """The trainer's ``on_epoch`` and ``on_batch`` hooks: each raises a stop that was asked for
     and lost (`check_stop`), and feeds ``progress`` (a `search.progress.StudyProgress`) when

@@ -28,7 +28,7 @@ from search.names import (
 )
 from search.progress import StudyProgress
 from search.recording import failure_reason, fold_losses, make_recipe, start_run, train_recorded
-from search.stopping import check_stop, trainer_hooks
+from search.stopping import as_stop, check_stop, trainer_hooks
 from search.study import count_trials
 from search.tracking import RunState, Tracker, TrackingLost
 from spaces import sample_params
@@ -73,6 +73,11 @@ class Objective:
         except KeyboardInterrupt as exc:
             self._interrupted(trial, failure_reason(exc))
             raise
+        except Exception as exc:
+            if (stop := as_stop(exc)) is None:
+                raise  # the recipe's failure: Optuna records it FAIL and the study goes on
+            self._interrupted(trial, failure_reason(stop))
+            raise stop from exc
 
     @staticmethod
     def _interrupted(trial: optuna.Trial, reason: str) -> None:

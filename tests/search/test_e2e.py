@@ -170,7 +170,8 @@ def test_ctrl_c_or_sigterm_ends_the_trial_cleanly_and_a_rerun_resumes(
 
     study = optuna.load_study(study_name="digits", storage=storage)
     trial = study.trials[0]
-    assert trial.state == TrialState.FAIL and trial.user_attrs["interrupted"] is True
+    assert trial.state == TrialState.FAIL, output
+    assert trial.user_attrs.get("interrupted") is True, (trial.user_attrs, output)
     expected = "interrupted (Ctrl-C)" if sig == signal.SIGINT else "interrupted (stopped by SIGTERM)"
     assert trial.user_attrs["fail_reason"] == expected
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")

@@ -3,6 +3,8 @@ records, how each run ends, and what a lost store does. Real Keras training on a
 
 from __future__ import annotations
 
+import signal
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -20,6 +22,7 @@ from search.names import (
 )
 from search.recording import close_runs_left_running, close_trial_run
 from search.report import heldout_report, report_lines
+from search import stopping
 from search.study import count_trials, quiet_optuna
 from search.tracking import Tracker, TrackingLost
 from search.training import prepare_training
@@ -100,6 +103,34 @@ def test_a_stop_interrupts_the_trial_in_both_and_costs_no_budget(digits) -> None
     # its recipe waits, queued, for the run that resumes
     assert study.trials[1].state == TrialState.WAITING
     assert study.trials[1].system_attrs["fixed_params"] == trial.params
+
+
+def test_an_error_raised_after_a_stop_was_asked_for_is_the_stop(digits, monkeypatch) -> None:
+    # A signal's KeyboardInterrupt can come out of library code as the library's own error;
+    # the trial was still stopped, not failed by its recipe.
+    def build(recipe, **_):  # noqa: ANN001, ANN003
+        try:
+            signal.raise_signal(signal.SIGTERM)
+        except KeyboardInterrupt as exc:
+            raise RuntimeError("a library's own error") from exc
+
+    monkeypatch.setattr(stopping, "_stop_reason", None)  # and back to None afterwards
+    before = signal.getsignal(signal.SIGTERM)
+    stopping.stop_cleanly_on(signal.SIGTERM)
+    tracker = MemoryTracker()
+    objective, parent = _objective(digits, tracker, models=build)
+    study = optuna.create_study()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            study.optimize(objective, n_trials=1, catch=(Exception,))
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    trial = study.trials[0]
+    (run,) = tracker.children(parent)
+    assert trial.state == TrialState.FAIL and trial.user_attrs[INTERRUPTED_ATTR] is True
+    assert trial.user_attrs[FAIL_REASON_ATTR] == "interrupted (stopped by SIGTERM)"
+    assert (run.status, run.reason) == ("INTERRUPTED", "interrupted (stopped by SIGTERM)")
+    assert count_trials(study)["budget"] == 0
 
 
 def test_a_tracker_lost_mid_trial_stops_the_loop_and_the_next_run_closes_its_run(digits) -> None:
