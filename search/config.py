@@ -62,6 +62,8 @@ class StudyConfig:
             training split and score the held-out split, when the data has one.
         report_top: retrain the best this many trials for the report (the rank agreement
             of CV and held-out loss needs several recipes); the selected one is the first.
+        stop_within_noise: end the search before the budget once the best recipe could not
+            improve by more than the noise of its own CV loss (`search.convergence`).
     """
 
     spec: StudySpec
@@ -79,6 +81,7 @@ class StudyConfig:
     baselines: str | None = None
     report: bool = True
     report_top: int = 3
+    stop_within_noise: bool = False
     precision: str = "float32"
     rebuild_per_trial: bool = False
     tpe_options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -144,6 +147,7 @@ def build_config(
     baselines: str | None = None,
     report: bool = True,
     report_top: int = 3,
+    stop_within_noise: bool = False,
     precision: str = "float32",
     rebuild_per_trial: bool = False,
 ) -> StudyConfig:
@@ -176,6 +180,7 @@ def build_config(
         baselines=baselines,
         report=report,
         report_top=report_top,
+        stop_within_noise=stop_within_noise,
         precision=precision,
         rebuild_per_trial=rebuild_per_trial,
     )

@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from search.config import StudyConfig, user_input
+from search.convergence import stopped_line
 from search.datasets import StudyData, load_data
 from search.launch import start_workers, supervise
 from search.links import budget_spent, fresh_deleted, share_trials_view, study_next_steps
@@ -25,6 +26,7 @@ from search.mlflow_tracker import MlflowTracker
 from search.names import (
     BACKEND_ATTR,
     BEST_EPOCHS_ATTR,
+    CONVERGED_ATTR,
     DATA_ATTR,
     FOLD_LOSSES_ATTR,
     PARENT_RUN_ATTR,
@@ -211,6 +213,9 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
             except KeyboardInterrupt:
                 interrupted = True
         counts = count_trials(study)
+        if config.stop_within_noise and CONVERGED_ATTR in study.user_attrs:
+            console.print(stopped_line(study.user_attrs[CONVERGED_ATTR], counts, config.n_trials),
+                          highlight=False, soft_wrap=True)
         print_best(study, config, console)
         if not interrupted and config.report and session.data.heldout is not None:
             try:

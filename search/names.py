@@ -11,6 +11,8 @@ DATA_ATTR = "regsearch.data"  # the data's shape facts, for an exported recipe
 BASELINES_ATTR = "regsearch.baselines"  # {baseline name: outcome}
 HELDOUT_ATTR = "regsearch.heldout"  # the held-out report's retrainings, reused by a rerun
 BACKEND_ATTR = "regsearch.keras_backend"  # the Keras backend (study: first opener; trial: its own)
+# set when --stop-within-noise ended the search: {n_trials, regret_bound, cv_error}
+CONVERGED_ATTR = "regsearch.stopped_within_noise"
 
 # Optuna trial user attributes
 RECIPE_ATTR = "recipe"  # the full `trainers.Recipe` the trial trained

@@ -57,6 +57,10 @@ def parser() -> argparse.ArgumentParser:
                           help="the held-out report retrains the K best trials (default 3; the "
                                "first is the selected one) to check that the CV ranking carries "
                                "over")
+    p.add_argument("--stop-within-noise", action="store_true",
+                   help="end the search before the budget once the best recipe could not "
+                        "improve by more than the noise of its own CV loss (regret bound, "
+                        "checked from 20 complete trials on)")
     launcher.add_argument("--fresh", action="store_true",
                           help="delete the stored study and start over instead of resuming")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -148,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
             timeout=args.timeout, fresh=args.fresh, overrides=args.set,
             baselines=args.baselines, report=not args.no_report, report_top=args.report_top,
-            precision=args.precision,
+            stop_within_noise=args.stop_within_noise, precision=args.precision,
             rebuild_per_trial=args.rebuild_per_trial,
         )
     except USER_ERRORS as exc:  # the study file and the options

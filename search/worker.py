@@ -11,10 +11,12 @@ import keras
 import optuna
 
 from search.config import StudyConfig
+from search.convergence import convergence
 from search.liveness import this_process
 from search.names import (
     BACKEND_ATTR,
     BACKEND_TAG,
+    CONVERGED_ATTR,
     AT_CHANCE_ATTR,
     BEST_EPOCHS_ATTR,
     FAIL_REASON_ATTR,
@@ -164,7 +166,8 @@ class RunningCV:
 
 def run_trials(study: optuna.Study, objective: Objective, *, n_trials: int,
                timeout: float | None = None) -> None:
-    """Run trials until the study holds ``n_trials`` (all invocations together) or time is up.
+    """Run trials until the study holds ``n_trials`` (all invocations together), time is up,
+    or, with ``config.stop_within_noise``, the search is within noise (`converged`).
 
     Each trial goes through ``study.optimize(n_trials=1)`` so Optuna keeps its heartbeat and
     stale-trial handling. A failed trial does not stop the loop; Ctrl-C ends the current trial
@@ -180,10 +183,25 @@ def run_trials(study: optuna.Study, objective: Objective, *, n_trials: int,
         check_stop()
         if timeout is not None and time.monotonic() - started >= timeout:
             break
+        if objective.config.stop_within_noise and converged(study, objective.config):
+            break
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks,
                        gc_after_trial=True)
         if objective.lost is not None:
             raise objective.lost
+
+
+def converged(study: optuna.Study, config: StudyConfig) -> bool:
+    """Whether the search is within noise (`search.convergence`); recorded on the study once it is."""
+    if CONVERGED_ATTR in study.user_attrs:
+        return True
+    state = convergence(study, config.spec.space, seed=config.seed)
+    if state is None or not state.within_noise:
+        return False
+    study.set_user_attr(CONVERGED_ATTR, {"n_trials": state.n_trials,
+                                         "regret_bound": state.regret_bound,
+                                         "cv_error": state.cv_error})
+    return True
 
 
 def announce(progress: StudyProgress, trial: optuna.trial.FrozenTrial) -> None:
