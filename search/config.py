@@ -130,57 +130,35 @@ def default_tracking_uri(root: Path = DEFAULT_ROOT) -> str:
     return f"sqlite:///{(root / 'mlflow.db').as_posix()}"
 
 
-def build_config(
-    study: str,
-    *,
-    n_trials: int | None = None,
-    n_folds: int | None = None,
-    max_epochs: int | None = None,
-    sampler: str | None = None,
-    pruner: str | None = None,
-    seed: int | None = None,
-    storage: str | None = None,
-    tracking_uri: str | None = None,
-    timeout: float | None = None,
-    fresh: bool = False,
-    overrides: tuple[str, ...] | list[str] = (),
-    baselines: str | None = None,
-    report: bool = True,
-    report_top: int = 3,
-    stop_within_noise: bool = False,
-    precision: str = "float32",
-    rebuild_per_trial: bool = False,
-) -> StudyConfig:
-    """Load a study file and apply overrides (None keeps the file's value).
+def build_config(study: str, *, overrides: tuple[str, ...] | list[str] = (),
+                 **options: Any) -> StudyConfig:
+    """Load a study file, apply ``overrides`` (``section.key=value``) and ``options``.
+
+    ``options`` are `StudyConfig` fields (its docstring says what each does; `search.run`'s
+    options have the same names); None, or leaving one out, keeps the study file's value, or
+    the field's default where the study file has none.
 
     Raises:
         LookupError: unknown study.
         ValueError, TypeError: a bad study file or override; the message names it.
     """
+    unknown = sorted(set(options) - OPTIONS)
+    if unknown:
+        raise TypeError(f"build_config() got unknown option(s) {', '.join(unknown)}; "
+                        f"expected some of {', '.join(sorted(OPTIONS))}")
     spec = load_study(study, overrides)
     s = spec.search
+    from_file = {
+        "n_trials": s.n_trials, "n_folds": s.n_folds,
+        "max_epochs": spec.training.get("max_epochs", 20), "sampler": s.sampler,
+        "pruner": s.pruner, "seed": s.seed, "storage": default_storage(),
+        "tracking_uri": default_tracking_uri(),
+    }
+    given = {k: v for k, v in options.items() if v is not None}
+    return StudyConfig(spec=spec, enqueue_defaults=s.enqueue_defaults, tpe_options=dict(s.tpe),
+                       **{**from_file, **given})
 
-    def pick(value: Any, default: Any) -> Any:
-        return default if value is None else value
 
-    return StudyConfig(
-        spec=spec,
-        n_trials=pick(n_trials, s.n_trials),
-        n_folds=pick(n_folds, s.n_folds),
-        max_epochs=pick(max_epochs, spec.training.get("max_epochs", 20)),
-        sampler=pick(sampler, s.sampler),
-        pruner=pick(pruner, s.pruner),
-        seed=pick(seed, s.seed),
-        storage=pick(storage, default_storage()),
-        tracking_uri=pick(tracking_uri, default_tracking_uri()),
-        timeout=timeout,
-        fresh=fresh,
-        enqueue_defaults=s.enqueue_defaults,
-        tpe_options=dict(s.tpe),
-        baselines=baselines,
-        report=report,
-        report_top=report_top,
-        stop_within_noise=stop_within_noise,
-        precision=precision,
-        rebuild_per_trial=rebuild_per_trial,
-    )
+# The fields an option can set: all but what only the study file declares
+OPTIONS = {f.name for f in dataclasses.fields(StudyConfig)} - {"spec", "enqueue_defaults",
+                                                                 "tpe_options"}

@@ -50,7 +50,7 @@ def parser() -> argparse.ArgumentParser:
                           help="also cross-validate a set of hand-picked recipes ('reference': "
                                "the five of the reference report), logged as child runs tagged "
                                "'baseline'")
-    p.add_argument("--no-report", action="store_true",
+    p.add_argument("--no-report", action="store_false", dest="report",
                    help="skip retraining the selected recipe and baselines on the whole training "
                         "split and scoring the held-out split")
     launcher.add_argument("--report-top", type=int, default=3, metavar="K",
@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     from rich.console import Console
 
-    from search.config import USER_ERRORS, UsageError, build_config, error_text
+    from search.config import OPTIONS, USER_ERRORS, UsageError, build_config, error_text
 
     # Off a terminal (CI, a log file) rich would wrap tables at 80 columns.
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
@@ -146,15 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
         elif plan is not None and len(plan.gpus) == 1:
             os.environ.setdefault("CUDA_VISIBLE_DEVICES", plan.gpus[0])
-        config = build_config(
-            args.study, n_trials=args.n_trials, n_folds=args.n_folds, max_epochs=args.max_epochs,
-            sampler=args.sampler, pruner=args.pruner, seed=args.seed, storage=args.storage,
-            tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
-            timeout=args.timeout, fresh=args.fresh, overrides=args.set,
-            baselines=args.baselines, report=not args.no_report, report_top=args.report_top,
-            stop_within_noise=args.stop_within_noise, precision=args.precision,
-            rebuild_per_trial=args.rebuild_per_trial,
-        )
+        if args.tracking_uri is None:
+            args.tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
+        # the options that set `StudyConfig` fields carry the fields' names
+        config = build_config(args.study, overrides=args.set, **{
+            name: value for name, value in vars(args).items() if name in OPTIONS})
     except USER_ERRORS as exc:  # the study file and the options
         print(f"error: {error_text(exc)}", file=sys.stderr)
         return EXIT_USAGE

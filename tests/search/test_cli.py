@@ -303,3 +303,26 @@ def test_run_on_a_backend_regsearch_does_not_train_on_is_one_line(tmp_path):
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert_usage_error(result, "Keras backend 'numpy' (from $KERAS_BACKEND) is not one",
                        "jax, tensorflow, torch")
+
+
+def test_every_study_setting_is_an_option_of_the_same_name_and_reaches_the_config(monkeypatch):
+    import search.config
+    from search import run
+
+    assert search.config.OPTIONS <= {a.dest for a in run.parser()._actions}
+    real, seen = search.config.build_config, []
+
+    def capture(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        seen.append(real(*args, **kwargs))
+        raise LookupError("stop here: the config is what this test reads")
+
+    monkeypatch.setattr(search.config, "build_config", capture)  # main imports it when run
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere/mlflow.db")
+    code = run.main(["--study", "digits", "--trials", "7", "--no-report", "--report-top", "2",
+                     "--stop-within-noise", "--seed", "5", "--precision", "bfloat16"])
+    assert code == EXIT_USAGE
+    (config,) = seen
+    assert (config.n_trials, config.report, config.report_top, config.stop_within_noise,
+            config.seed, config.precision) == (7, False, 2, True, 5, "bfloat16")
+    assert config.tracking_uri == "sqlite:///elsewhere/mlflow.db"
+    assert config.n_folds == 3 and config.fresh is False  # the study file's; the default
