@@ -61,15 +61,18 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict[str, Any]:
 
     finished = sorted((t for t in study.get_trials(deepcopy=False) if t.state.is_finished()),
                       key=lambda t: t.datetime_complete)
-    stop_at = None
+    stop_at, trajectory = None, []
     for n in range(1, len(finished) + 1):
         view = optuna.create_study(study_name=study.study_name)
         view.set_user_attr("regsearch.data", study.user_attrs.get("regsearch.data", {}))
         view.add_trials(finished[:n])
         state = convergence(view, config.spec.space, seed=seed)
-        if state is not None and state.within_noise:
+        if state is None:
+            continue
+        trajectory.append({"finished": n, "selectable": state.n_trials,
+                           "regret_bound": state.regret_bound, "cv_error": state.cv_error})
+        if state.within_noise and stop_at is None:
             stop_at = (n, state, ranked_trials(view)[0])
-            break
 
     def fit_seconds(trials: list) -> float:
         return sum(t.user_attrs.get("fit_seconds", 0.0) for t in trials)
@@ -95,6 +98,8 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict[str, Any]:
                  "selected_trial": int(selected["label"].split("trial ")[1].rstrip(")")),
                  "heldout_loss": selected["heldout_loss"]},
         "stop": None,
+        # the rule's two terms after each finished trial, from MIN_TRIALS selectable ones on
+        "trajectory": trajectory,
     }
     if stop_at is not None:
         n, state, chosen = stop_at
@@ -147,8 +152,12 @@ def markdown(args: argparse.Namespace, runs: list[dict[str, Any]], machine: dict
     for r in runs:
         full, stop = r["full"], r["stop"]
         if stop is None:
+            last = r["trajectory"][-1] if r.get("trajectory") else None
+            terms = (f"{last['regret_bound']:.4f} vs {last['cv_error']:.4f} at the end "
+                     f"({last['selectable']} selectable)" if last else
+                     "fewer selectable trials than the rule needs")
             lines.append(f"| {r['seed']} | {full['trials']} / {full['fit_seconds']:.0f} / "
-                         f"{full['heldout_loss']:.4f} | never fired | 0 | |")
+                         f"{full['heldout_loss']:.4f} | never fired | 0 | {terms} |")
             continue
         lines.append(
             f"| {r['seed']} | {full['trials']} / {full['fit_seconds']:.0f} / "
@@ -167,6 +176,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--heldout", type=float, default=0.2)
     p.add_argument("--set", action="append", default=[])
+    p.add_argument("--name", help="result file name (default: significance-<study>)")
     args = p.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from search.study import quiet_optuna
@@ -182,7 +192,7 @@ def main() -> None:
                   "machine": info}
         md = markdown(args, runs, info)
         print(md)
-        print(f"written: {write_result(f'significance-{args.study}', result, md)}")
+        print(f"written: {write_result(args.name or f'significance-{args.study}', result, md)}")
 
 
 if __name__ == "__main__":

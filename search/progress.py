@@ -258,7 +258,10 @@ class StudyProgress:
         self.job_finished()
         self._progress.update(self._study, advance=1 if key else 0, status=self._status())
         shown = "" if value is None else f" cv val_loss {value:.4f}"
-        self._progress.console.print(f"trial {number}: {state.lower()}{shown}{detail}",
+        # in a log, where no bar shows it, the study's time left ends the line: a trial pruned
+        # within a minute prints no "running" line, and most of a search's trials may be such
+        left = self._left_in_log() if not self.live and self.time_left() else ""
+        self._progress.console.print(f"trial {number}: {state.lower()}{shown}{detail}{left}",
                                      highlight=False)
 
 

@@ -213,7 +213,8 @@ def test_a_pruned_trial_is_finished_and_named_so_not_failed(study) -> None:
     assert runs[3].data.tags["optuna.trial_state"] == "PRUNED"
     assert runs[3].info.run_name == "trial-3 (pruned)" and runs[0].info.run_name == "trial-0"
     assert outcome.study.trials[3].state == TrialState.PRUNED  # Optuna still tells them apart
-    assert re.search(r"^trial 3: pruned in fold 1/2 at epoch [1-3]/3$", output, re.MULTILINE)
+    assert re.search(r"^trial 3: pruned in fold 1/2 at epoch [1-3]/3( · study: about \S+ left)?$",
+                     output, re.MULTILINE)
 
 
 @pytest.mark.slow

@@ -139,6 +139,8 @@ def test_the_study_time_left_is_the_mean_trial_duration_times_the_trials_left() 
         progress.trial_finished(2, "FAIL", None, seconds=30.0)
         assert progress.time_left() == pytest.approx(50.0 * 7)
         assert column.render(study).plain == "~0:05:50"
+        # in a log, each finished trial's line says it too
+        assert out.getvalue().splitlines()[-1] == "trial 2: fail · study: about 5m50s left"
         progress.trial_started(3)  # the running trial's time so far is spent already
         assert 50.0 * 7 - 5 < progress.time_left() <= 50.0 * 7
         progress.epoch(0, 0, 0, 1.5)
