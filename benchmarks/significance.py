@@ -177,6 +177,8 @@ def main() -> None:
     p.add_argument("--heldout", type=float, default=0.2)
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--name", help="result file name (default: significance-<study>)")
+    p.add_argument("--stores", help="keep each seed's stores under DIR/seed-<seed> (default: "
+                                    "a temporary folder); a rerun resumes them")
     args = p.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from search.study import quiet_optuna
@@ -185,6 +187,11 @@ def main() -> None:
     info = machine()
     runs = []
     for seed in args.seeds:
+        if args.stores:  # kept: the same command again replays the rule on them at once
+            root = Path(args.stores) / f"seed-{seed}"
+            root.mkdir(parents=True, exist_ok=True)
+            runs.append(run_seed(args, seed, root.resolve()))
+            continue
         with tempfile.TemporaryDirectory() as root:
             runs.append(run_seed(args, seed, Path(root)))
         result = {"study": args.study, "trials": args.trials, "epochs": args.epochs,

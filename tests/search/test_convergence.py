@@ -139,3 +139,16 @@ def test_the_trial_loop_stops_within_noise_and_records_why() -> None:
     assert count_trials(study)["budget"] == MIN_TRIALS + 2
     record = study.user_attrs[CONVERGED_ATTR]
     assert record["n_trials"] == MIN_TRIALS + 2 and record["regret_bound"] < record["cv_error"]
+
+
+def test_pruned_trials_count_at_the_estimate_they_were_pruned_on_unless_at_chance() -> None:
+    study = _study_of(10, fold_spread=0.05, slope=0.0)
+    assert convergence(study, build_config("digits").spec.space) is None  # 10 < MIN_TRIALS
+    complete = study.trials[0]
+    for number in range(MIN_TRIALS):
+        value = 0.3 if number % 2 else math.log(10)  # half of them never left chance level
+        study.add_trial(create_trial(state=TrialState.PRUNED, params=complete.params,
+                                     distributions=complete.distributions,
+                                     intermediate_values={0: 1.0, 9: value}))
+    state = convergence(study, build_config("digits").spec.space)
+    assert state is not None and state.n_trials == 10 + MIN_TRIALS // 2
