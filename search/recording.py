@@ -19,7 +19,8 @@ from search.names import (
     TRIAL_STATE_TAG,
 )
 from search.selection import beats_chance
-from search.tracking import RunState, Tracker, TrackingLost
+from search.tracking import StoreLost
+from search.tracking import RunState, Tracker
 
 if TYPE_CHECKING:  # the trainers import Keras; a CLI mistake is answered before that
     from trainers.fit import CVResult, FoldResult
@@ -58,7 +59,9 @@ def train_recorded(tracker: Tracker, run_id: str, train: Train, *, n_classes: in
     the pruner stopped it; a recipe that did not beat chance level (ln ``n_classes``) in
     every fold is tagged so (`search.selection`). An exception closes the run INTERRUPTED (Ctrl-C, SIGTERM) or FAIL,
     with its reason, after ``on_failed(state, reason)`` (the caller records it first, in
-    Optuna), and propagates. `TrackingLost` propagates at once: nothing more can be written.
+    Optuna), and propagates. A store that failed (`search.stores.StoreLost`: MLflow's, or
+    Optuna's in the trainer's per-epoch report) propagates at once: it is not the recipe's
+    failure, and the run is closed by the next run that reaches the store.
 
     Returns:
         The cross-validation result, its summary metrics, and whether it stayed at chance.
@@ -73,7 +76,7 @@ def train_recorded(tracker: Tracker, run_id: str, train: Train, *, n_classes: in
 
     try:
         result = train(on_fold)
-    except TrackingLost:
+    except StoreLost:
         raise
     except BaseException as exc:
         state: RunState = "INTERRUPTED" if isinstance(exc, KeyboardInterrupt) else "FAIL"
