@@ -19,8 +19,7 @@ from search.names import (
     TRIAL_STATE_TAG,
 )
 from search.selection import beats_chance
-from search.tracking import StoreLost
-from search.tracking import RunState, Tracker
+from search.tracking import RunState, StoreLost, Tracker
 
 if TYPE_CHECKING:  # the trainers import Keras; a CLI mistake is answered before that
     from trainers.fit import CVResult, FoldResult

@@ -314,11 +314,11 @@ def lost_cause(exc: BaseException, uri: str, *, files: bool = False) -> str | No
     default) before it raises, so a store that raises so is gone, not busy; a database driver
     that cannot connect. A store that answers but cannot do its job "failed (...)": SQLite's
     file is full, read-only, unreadable or damaged; PostgreSQL reports insufficient
-    resources (its disk full), a shutdown, an I/O or internal error (SQLSTATE classes 53, 57,
-    58, XX). With ``files``, an `OSError` of a file system that takes no writes (no space, a
-    quota, read-only, I/O error) counts too: the caller knows the file is the store's (MLflow's
-    artifacts, an Optuna journal). A lock that is busy, a constraint or a query the store
-    refused is not the store's failure.
+    resources (its disk full), an I/O or internal error (SQLSTATE classes 53, 58, XX; a
+    shutdown, class 57, is "stopped answering"). With ``files``, an `OSError` of a file system
+    that takes no writes (no space, a quota, read-only, I/O error) counts too: the caller knows
+    the file is the store's (MLflow's artifacts, an Optuna journal). A lock that is busy, a
+    constraint or a query the store refused is not the store's failure.
     """
     import requests
     from sqlalchemy.exc import OperationalError
@@ -340,7 +340,7 @@ def lost_cause(exc: BaseException, uri: str, *, files: bool = False) -> str | No
         # MLflow's own errors carry a sqlstate of their own)
         state = (str(getattr(error, "pgcode", None) or getattr(error, "sqlstate", None) or "")
                  if type(error).__module__.startswith("psycopg") else "")
-        if state[:2] == "08":
+        if state[:2] in ("08", "57"):  # the connection; a shutdown (operator intervention)
             return f"{ANSWERING} ({_driver_line(error, uri)})"
         if state[:2] in _PG_SERVER_FAULTS:
             return f"failed ({_driver_line(error, uri)})"
@@ -366,9 +366,9 @@ _GONE = ("connect", "unable to open database file", "disk i/o error")
 # written or read: full, I/O error, read-only, damaged, not a database, cannot be opened
 _SQLITE_FILE_FAULTS = ("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CORRUPT",
                        "SQLITE_NOTADB", "SQLITE_CANTOPEN", "SQLITE_PERM")
-# PostgreSQL SQLSTATE classes of the server's own trouble (class 08, the connection, is
-# "stopped answering")
-_PG_SERVER_FAULTS = ("53", "57", "58", "XX")
+# PostgreSQL SQLSTATE classes of the server's own trouble: insufficient resources (its disk
+# full), system (I/O) and internal errors (data corrupted)
+_PG_SERVER_FAULTS = ("53", "58", "XX")
 _FILE_SYSTEM_FAULTS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG,
                        errno.EACCES}
 

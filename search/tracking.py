@@ -1,4 +1,4 @@
-"""What a study is recorded in: the `Tracker` interface, the run states it knows, and losing a store.
+"""What a study is recorded in: the `Tracker` interface, the run states it knows, a lost store.
 
 `search.mlflow_tracker.MlflowTracker` implements it; the tests use an in-memory one. A tracker
 knows runs (a study's parent run, one child run per trial or baseline), never Optuna: the code

@@ -30,11 +30,17 @@ from search.names import (
     WORKER_TAG,
 )
 from search.progress import StudyProgress
-from search.recording import close_trial_run, failure_reason, fold_losses, make_recipe, start_run, train_recorded
+from search.recording import (
+    close_trial_run,
+    failure_reason,
+    fold_losses,
+    make_recipe,
+    start_run,
+    train_recorded,
+)
 from search.stopping import check_stop, trainer_hooks
 from search.study import count_trials
-from search.tracking import StoreLost
-from search.tracking import RunState, Tracker
+from search.tracking import RunState, StorageLost, StoreLost, Tracker
 from spaces import sample_params
 from trainers.data import Dataset
 from trainers.fit import ClassWeight, EpochMetrics, cross_validate
@@ -75,8 +81,9 @@ class Objective:
             # `record_exit`); its MLflow run is closed by the next run that reaches the store
             # (`search.recording.close_runs_left_running`)
             self.lost = exc
-            with contextlib.suppress(StoreLost):
-                self._interrupted(trial, f"interrupted ({exc})")
+            if not isinstance(exc, StorageLost):
+                with contextlib.suppress(StorageLost):
+                    self._interrupted(trial, f"interrupted ({exc})")
             raise
         except KeyboardInterrupt as exc:
             self._interrupted(trial, failure_reason(exc))
@@ -191,9 +198,11 @@ def run_trials(study: optuna.Study, objective: Objective, *, n_trials: int,
         if timeout is not None and time.monotonic() - started >= timeout:
             break
         if count_trials(study)["budget"] >= n_trials:
-            if not _others_may_requeue(study, objective.tracker):
-                break
-            time.sleep(poll_seconds)
+            watching = _others_may_requeue(study, objective.tracker)
+            if count_trials(study)["budget"] >= n_trials:  # nothing was queued again
+                if not watching:
+                    break
+                time.sleep(poll_seconds)
             continue
         try:
             study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks,

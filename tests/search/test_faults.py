@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -66,12 +65,13 @@ def _stores(cwd: Path) -> tuple[str, str]:
 
 
 def _rerun(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    done = subprocess.run(command, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, cwd=cwd, env=ENV, capture_output=True, text=True,
+                          timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
     return done
 
 
-def _kill_when(proc: subprocess.Popen, seen, what: str, timeout: float = 240) -> None:  # noqa: ANN001
+def _kill_when(proc: subprocess.Popen, seen, what: str, timeout: float = 240) -> None:
     """SIGKILL ``proc`` as soon as ``seen()`` is true; fail with its output if it never is."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
@@ -84,7 +84,7 @@ def _kill_when(proc: subprocess.Popen, seen, what: str, timeout: float = 240) ->
     pytest.fail(f"never saw {what} within {timeout:.0f} s:\n{proc.communicate()[0][-4000:]}")
 
 
-def _building(storage: str):  # noqa: ANN202
+def _building(storage: str):
     """True while a trial is RUNNING and has its MLflow run but no epoch yet: from there to its
     first epoch the trial builds its model (and traces its training step)."""
     def seen() -> bool:
@@ -97,7 +97,7 @@ def _building(storage: str):  # noqa: ANN202
     return seen
 
 
-def _printed(proc: subprocess.Popen, pattern: str):  # noqa: ANN202
+def _printed(proc: subprocess.Popen, pattern: str):
     """A test true once ``proc`` has printed a line matching ``pattern``, and its output so far."""
     lines: list[str] = []
     found = threading.Event()
@@ -203,7 +203,7 @@ def test_a_full_disk_under_the_stores_stops_the_run_like_a_lost_store(small_disk
     assert run.info.status == "KILLED" and run.data.tags["interrupted"] == "true"
 
 
-def _stores_on(folder: Path):  # noqa: ANN202
+def _stores_on(folder: Path):
     """An Optuna study on SQLite, one on a journal file, and an MLflow tracker with a parent
     run, all in ``folder``, each holding a trial or a run already."""
     from search.mlflow_tracker import MlflowTracker
@@ -301,7 +301,8 @@ def test_a_worker_whose_budget_is_reached_waits_to_train_a_retry_of_another_work
                            WORKER_NS_ATTR: pid_namespace(),
                            WORKER_START_ATTR: _started(other.pid)}.items():
             held.set_user_attr(key, value)
-        threading.Timer(2.0, other.kill).start()
+        # killed and reaped, as the launcher reaps a worker that died
+        threading.Timer(2.0, lambda: (other.kill(), other.wait())).start()
         started = time.monotonic()
         run_trials(study, objective, n_trials=1, poll_seconds=0.2)
     finally:
