@@ -58,7 +58,7 @@ def train_recorded(tracker: Tracker, run_id: str, train: Train, *, n_classes: in
     the pruner stopped it; a recipe that did not beat chance level (ln ``n_classes``) in
     every fold is tagged so (`search.selection`). An exception closes the run INTERRUPTED (Ctrl-C, SIGTERM) or FAIL,
     with its reason, after ``on_failed(state, reason)`` (the caller records it first, in
-    Optuna), and propagates. A store that failed (`search.stores.StoreLost`: MLflow's, or
+    Optuna), and propagates. A store that failed (`search.tracking.StoreLost`: MLflow's, or
     Optuna's in the trainer's per-epoch report) propagates at once: it is not the recipe's
     failure, and the run is closed by the next run that reaches the store.
 

@@ -207,8 +207,8 @@ def _quiet_store_lost_in_threads() -> None:
     threading.excepthook = hook
 
 
-def _store_lost(exc: BaseException, storage: str):  # -> search.stores.StoreLost | None
-    """The store failure that ``exc`` is, or was raised from (`search.stores.StoreLost`).
+def _store_lost(exc: BaseException, storage: str):  # -> search.tracking.StoreLost | None
+    """The store failure that ``exc`` is, or was raised from (`search.tracking.StoreLost`).
 
     A failure Optuna met outside a trial (opening the study, say) may reach here as the
     database driver's error: it is told by `search.stores.lost_cause` and named so.

@@ -185,7 +185,7 @@ def run_trials(study: optuna.Study, objective: Objective, *, n_trials: int,
     Each trial goes through ``study.optimize(n_trials=1)`` so Optuna keeps its heartbeat and
     stale-trial handling. A failed trial does not stop the loop; Ctrl-C ends the current trial
     (marked FAIL, ``interrupted``; it does not use up the budget) and propagates, and so does
-    `search.stores.StoreLost` (a store failed), after ending the trial the same way where the
+    `search.tracking.StoreLost` (a store failed), after ending the trial the same way where the
     Optuna storage still answers.
     """
     started = time.monotonic()
