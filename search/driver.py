@@ -281,7 +281,7 @@ def _run_workers(study: optuna.Study, tracker: Tracker, plan: Any, argv: list[st
         worker = f"{socket.gethostname()}:{proc.pid}"
         reason = f"worker {worker} exited with code {proc.returncode}"
         if proc.returncode == EXIT_STORE_LOST:
-            reason += " (a store stopped answering: its log says which)"
+            reason += " (a store failed: its log says which)"
         failed = fail_trials_of(study, worker, reason,
                                 on_failed=functools.partial(close_trial_run, tracker))
         requeued = f"its trial(s) {failed} marked failed and queued again; " if failed else ""

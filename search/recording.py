@@ -175,7 +175,7 @@ def close_runs_left_running(tracker: Tracker, study: Any) -> list[int]:
     """Close the runs the tracker still has open for trials Optuna has finished; return the
     trials' numbers.
 
-    That happens when the tracking store stopped answering during a trial (`TrackingLost`):
+    That happens when the tracking store failed during a trial (`TrackingLost`):
     Optuna recorded the trial's end, the tracker could not. Each run gets the trial's state
     and reason.
     """

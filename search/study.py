@@ -313,7 +313,7 @@ def count_trials(study: optuna.Study) -> dict[str, int]:
     """Count trials by outcome; ``budget`` is what counts against ``--trials``.
 
     A stop that is not the recipe's fault costs no budget: a trial interrupted (Ctrl-C,
-    SIGTERM, a store that stopped answering) or whose recipe was queued again (its process
+    SIGTERM, a store that failed) or whose recipe was queued again (its process
     was killed, or stopped sending heartbeats) is counted apart, and the recipe trains again.
     """
     trials = study.get_trials(deepcopy=False)
