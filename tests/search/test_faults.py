@@ -315,3 +315,38 @@ def test_a_worker_whose_budget_is_reached_waits_to_train_a_retry_of_another_work
     assert retry.state == TrialState.COMPLETE and retry.user_attrs["retry_of"] == killed.number
     assert retry.params == killed.params
     assert count_trials(study)["budget"] == 1
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_mlflow_on_a_full_disk_ends_the_trial_interrupted_in_optuna_at_once(small_disk,
+                                                                           tmp_path) -> None:
+    """MLflow's store alone fills up (Optuna's is elsewhere): the trial is ended in Optuna at
+    once, interrupted and not counted, its recipe queued; the run stops (`TrackingLost`)."""
+    from search.config import build_config
+    from search.datasets import StudyData, load_data
+    from search.mlflow_tracker import MlflowTracker
+    from search.study import open_storage, quiet_optuna
+    from search.tracking import TrackingLost
+    from search.training import prepare_training
+    from search.worker import Objective, run_trials
+
+    quiet_optuna()
+    config = build_config("digits", n_trials=2, n_folds=2, max_epochs=2, seed=0)
+    full = load_data(config.spec.data, where="digits", seed=0)
+    data = StudyData(full.train.subset(range(150)), None, full.augment_preset)
+    training = prepare_training(config, data)
+    tracker = MlflowTracker(f"sqlite:///{small_disk}/mlflow.db")
+    parent = tracker.open_parent(config.name, config.settings())
+    objective = Objective(config, data.train, training.folds, training.models, tracker, parent)
+    study = optuna.create_study(study_name="s", storage=open_storage(
+        f"sqlite:///{tmp_path}/optuna.db"))
+    _fill(small_disk)
+
+    with pytest.raises(TrackingLost, match=r"^MLflow at sqlite:///\S+ failed \((database or "
+                                           r"disk is full|No space left on device)"):
+        run_trials(study, objective, n_trials=2)
+    stopped, queued = study.get_trials()
+    assert stopped.state == TrialState.FAIL and stopped.user_attrs["interrupted"] is True
+    assert stopped.user_attrs["fail_reason"].startswith("interrupted (MLflow at sqlite:///")
+    assert queued.state == TrialState.WAITING and queued.user_attrs["retry_of"] == 0
+    assert count_trials(study)["budget"] == 0
