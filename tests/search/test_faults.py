@@ -71,7 +71,7 @@ def _rerun(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return done
 
 
-def _kill_when(proc: subprocess.Popen, seen, what: str, timeout: float = 240) -> None:
+def _kill_when(proc: subprocess.Popen, seen, what: str, timeout: float = 300) -> None:
     """SIGKILL ``proc`` as soon as ``seen()`` is true; fail with its output if it never is."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
@@ -178,7 +178,7 @@ def test_a_full_disk_under_the_stores_stops_the_run_like_a_lost_store(small_disk
     while trial 0 trains."""
     cwd = small_disk.parent
     storage, tracking = _stores(cwd)
-    proc = start_training(LONG_TRIALS, cwd=cwd, env=ENV, storage=storage)
+    proc = start_training(LONG_TRIALS, cwd=cwd, env=ENV, storage=storage, timeout=300)
     filler = _fill(small_disk)
     output = proc.communicate(timeout=300)[0]
     assert proc.returncode == 75, output[-4000:]
