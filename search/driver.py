@@ -29,6 +29,7 @@ from search.names import (
     CONVERGED_ATTR,
     DATA_ATTR,
     FOLD_LOSSES_ATTR,
+    INTERRUPTED_ATTR,
     PARENT_RUN_ATTR,
     RECIPE_ATTR,
     STORAGE_TAG,
@@ -148,9 +149,17 @@ def _header(config: StudyConfig, session: _Session, console: Console, n_workers:
     )
     for n_deleted in session.deleted:
         console.print(fresh_deleted(config.name, n_deleted), highlight=False)
-    if session.orphans:
-        console.print(f"trial(s) {session.orphans} of a worker process that was killed on this "
+    trials = {t.number: t for t in session.study.get_trials(deepcopy=False)}
+    # a process that stopped because a store failed left word of it (`record_exit`)
+    lost = [n for n in session.orphans if trials[n].user_attrs.get(INTERRUPTED_ATTR)]
+    killed = [n for n in session.orphans if n not in lost]
+    if killed:
+        console.print(f"trial(s) {killed} of a worker process that was killed on this "
                       f"host: marked failed and queued again", highlight=False, soft_wrap=True)
+    if lost:
+        console.print(f"trial(s) {lost} of a worker process that stopped when a store failed: "
+                      f"marked failed (not counted) and queued again", highlight=False,
+                      soft_wrap=True)
     if session.unclosed:
         console.print(f"trial(s) {session.unclosed} ended while MLflow was out of reach: their "
                       f"MLflow runs are closed now", highlight=False, soft_wrap=True)
@@ -277,7 +286,7 @@ def _run_workers(study: optuna.Study, tracker: Tracker, plan: Any, argv: list[st
         worker = f"{socket.gethostname()}:{proc.pid}"
         reason = f"worker {worker} exited with code {proc.returncode}"
         if proc.returncode == EXIT_STORE_LOST:
-            reason += " (a store stopped answering: its log says which)"
+            reason += " (a store failed: its log says which)"
         failed = fail_trials_of(study, worker, reason,
                                 on_failed=functools.partial(close_trial_run, tracker))
         requeued = f"its trial(s) {failed} marked failed and queued again; " if failed else ""

@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping
 
 from search.names import (
     FAIL_REASON_ATTR,
+    INTERRUPTED_ATTR,
     RETRY_OF_ATTR,
     WORKER_ATTR,
     WORKER_NS_ATTR,
@@ -33,7 +34,7 @@ def this_process() -> dict[str, str]:
 def killed_reason(record: Mapping[str, Any]) -> str:
     """Why a trial or baseline whose process `process_gone` was ended: the failure's reason.
 
-    A process that stopped because a store stopped answering left word of it (`record_exit`);
+    A process that stopped because a store failed left word of it (`record_exit`);
     any other ended without a word: killed (SIGKILL, the out-of-memory killer) or crashed.
     """
     worker = record.get(WORKER_ATTR)
@@ -46,7 +47,7 @@ def killed_reason(record: Mapping[str, Any]) -> str:
 def record_exit(cause: str) -> None:
     """Leave word on this host of why this process stops without recording its trial's end.
 
-    A store that stopped answering cannot take the trial's outcome; the next run that opens
+    A store that failed cannot take the trial's outcome; the next run that opens
     the study fails the trial on this process's behalf (`fail_orphaned_trials`) and gives
     this cause as the reason, instead of "killed". Best effort: nothing is raised.
     """
@@ -148,7 +149,8 @@ def _fail_running(study: Any, reason_of: Callable[[Any], str | None],
     and the failed trial no longer counts against the budget (`search.study.count_trials`).
     A retry that dies again is not queued a third time, and counts (a recipe that takes its
     process down, out of memory say, would otherwise be retried for ever), unless its process
-    left word that a store stopped answering (`record_exit`): that is never the recipe's fault.
+    left word that a store failed (`record_exit`): that is never the recipe's fault,
+    and the trial is marked ``interrupted`` like one stopped by Ctrl-C (its MLflow run KILLED).
 
     Safe against another process failing the same trial at the same moment (two workers
     joining together, or the heartbeat): the storage lets one of them finish it, and only
@@ -163,14 +165,19 @@ def _fail_running(study: Any, reason_of: Callable[[Any], str | None],
         reason = reason_of(trial)
         if reason is None:
             continue
+        lost_store = exit_cause(trial.user_attrs) is not None
+        if lost_store:  # what happened, not only that the process ended
+            reason = killed_reason(trial.user_attrs)
         try:
             storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_ATTR, reason)
+            if lost_store:
+                storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, True)
             if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:
             continue  # another process finished it first
         frozen = storage.get_trial(trial._trial_id)
-        if RETRY_OF_ATTR not in trial.user_attrs or exit_cause(trial.user_attrs) is not None:
+        if RETRY_OF_ATTR not in trial.user_attrs or lost_store:
             study.enqueue_trial(trial.params, user_attrs={RETRY_OF_ATTR: trial.number})
         if on_failed is not None:
             on_failed(frozen)

@@ -54,7 +54,8 @@ def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 class _LosableClient:
-    """An `MlflowClient` whose calls raise `TrackingLost` when its store stops answering."""
+    """An `MlflowClient` whose calls raise `TrackingLost` when its store fails: out of reach,
+    or its database or artifact files cannot be written (`search.stores.lost_cause`)."""
 
     def __init__(self, client: MlflowClient, uri: str) -> None:
         self._client, self._uri = client, uri
@@ -70,11 +71,11 @@ class _LosableClient:
             except Exception as exc:
                 from search.stores import lost_cause
 
-                cause = lost_cause(exc, self._uri)
-                if cause is None:
+                # the artifacts it writes are files of the store too
+                words = lost_cause(exc, self._uri, files=True)
+                if words is None:
                     raise
-                raise TrackingLost(f"MLflow at {redact_url(self._uri)} stopped answering "
-                                   f"({cause})") from exc
+                raise TrackingLost(f"MLflow at {redact_url(self._uri)}", words) from exc
 
         return call
 

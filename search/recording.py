@@ -20,7 +20,7 @@ from search.names import (
 )
 from search.selection import beats_chance
 from search.stopping import as_stop
-from search.tracking import RunState, Tracker, TrackingLost
+from search.tracking import RunState, StoreLost, Tracker
 
 if TYPE_CHECKING:  # the trainers import Keras; a CLI mistake is answered before that
     from trainers.fit import CVResult, FoldResult
@@ -59,7 +59,9 @@ def train_recorded(tracker: Tracker, run_id: str, train: Train, *, n_classes: in
     the pruner stopped it; a recipe that did not beat chance level (ln ``n_classes``) in
     every fold is tagged so (`search.selection`). An exception closes the run INTERRUPTED (Ctrl-C, SIGTERM) or FAIL,
     with its reason, after ``on_failed(state, reason)`` (the caller records it first, in
-    Optuna), and propagates. `TrackingLost` propagates at once: nothing more can be written.
+    Optuna), and propagates. A store that failed (`search.tracking.StoreLost`: MLflow's, or
+    Optuna's in the trainer's per-epoch report) propagates at once: it is not the recipe's
+    failure, and the run is closed by the next run that reaches the store.
 
     Returns:
         The cross-validation result, its summary metrics, and whether it stayed at chance.
@@ -74,7 +76,7 @@ def train_recorded(tracker: Tracker, run_id: str, train: Train, *, n_classes: in
 
     try:
         result = train(on_fold)
-    except TrackingLost:
+    except StoreLost:
         raise
     except BaseException as exc:
         stop = as_stop(exc)
@@ -175,7 +177,7 @@ def close_runs_left_running(tracker: Tracker, study: Any) -> list[int]:
     """Close the runs the tracker still has open for trials Optuna has finished; return the
     trials' numbers.
 
-    That happens when the tracking store stopped answering during a trial (`TrackingLost`):
+    That happens when the tracking store failed during a trial (`TrackingLost`):
     Optuna recorded the trial's end, the tracker could not. Each run gets the trial's state
     and reason.
     """

@@ -158,7 +158,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from search.liveness import record_exit
     from search.stopping import remember_ctrl_c, stop_cleanly_on, stop_with_launcher
     from search.stores import EXIT_STORE_LOST
-    from search.tracking import TrackingLost
 
     # A worker stops once, whoever asks (the terminal's Ctrl-C, the launcher's SIGTERM, both);
     # the launcher keeps Python's Ctrl-C, so a second one still forces its way out.
@@ -168,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         remember_ctrl_c()
         stop_cleanly_on(signal.SIGTERM)
+    _quiet_store_lost_in_threads()
     try:
         if args.worker_index is not None:
             return run_worker(config, worker_index=args.worker_index, data_dir=args.data_dir)
@@ -177,25 +177,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:  # the data, the stores, the model options
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except TrackingLost as exc:
-        record_exit(str(exc))
-        print(f"error: {exc}; the running trial is marked failed and does not count against "
-              f"the budget: run the same command again once MLflow answers", file=sys.stderr)
-        return EXIT_STORE_LOST
     except Exception as exc:
-        from search.redact import redact_url
-        from search.stores import lost_cause
-
-        cause = lost_cause(exc, config.storage)
-        if cause is None:
+        lost = _store_lost(exc, config.storage)
+        if lost is None:
             raise  # regsearch's own error: keep its traceback
-        record_exit(f"the Optuna storage {redact_url(config.storage)} stopped answering ({cause})")
-        print(f"error: the Optuna storage {redact_url(config.storage)} stopped answering "
-              f"({cause}); the next run that opens the study fails the trial this one was "
-              f"running (at once on this host, after the heartbeat's grace period on another): "
-              f"run the same command again once it answers", file=sys.stderr)
+        # the next run that opens the study gives this as the reason of a trial left RUNNING
+        record_exit(str(lost))
+        print(f"error: {lost}; the running trial does not count against the budget and its "
+              f"recipe is trained again (a trial left running is failed and queued by the next "
+              f"run that opens the study: at once on this host, after the heartbeat's grace "
+              f"period on another): run the same command again {lost.remedy}", file=sys.stderr)
         return EXIT_STORE_LOST
     return 130 if outcome.interrupted else 0
+
+
+def _quiet_store_lost_in_threads() -> None:
+    """Print no traceback for a store failure met by a thread (Optuna's heartbeat): the trial
+    goes on, and the run stops in one line when its own next write meets the failure."""
+    import threading
+
+    from search.tracking import StoreLost
+
+    default = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not isinstance(args.exc_value, StoreLost):
+            default(args)
+
+    threading.excepthook = hook
+
+
+def _store_lost(exc: BaseException, storage: str):  # -> search.tracking.StoreLost | None
+    """The store failure that ``exc`` is, or was raised from (`search.tracking.StoreLost`).
+
+    A failure Optuna met outside a trial (opening the study, say) may reach here as the
+    database driver's error: it is told by `search.stores.lost_cause` and named so.
+    """
+    from search.redact import redact_url
+    from search.stores import lost_cause, store_lost_in
+    from search.tracking import StorageLost
+
+    lost = store_lost_in(exc)
+    if lost is None and (words := lost_cause(exc, storage)) is not None:
+        lost = StorageLost(f"the Optuna storage {redact_url(storage)}", words)
+    return lost
 
 
 def _worker_argv(argv: list[str]) -> list[str]:

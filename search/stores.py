@@ -1,9 +1,11 @@
-"""Open the stores safely: one line for a store URL that cannot be opened (Optuna's or
-MLflow's), and one process at a time creating a SQLite store's tables."""
+"""Open the stores safely and tell their failures apart: one line for a store URL that cannot be
+opened (Optuna's or MLflow's), one process at a time creating a SQLite store's tables, and
+`StoreLost` for a store that fails mid-study for a reason of its own."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import sqlite3
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from search.config import default_storage, default_tracking_uri
 from search.redact import hide_password, redact_url
+from search.tracking import StorageLost, StoreLost
 
 EXAMPLES = {
     "--storage": "sqlite:///mlruns/optuna.db, postgresql+psycopg2://USER:PASSWORD@HOST/DB or a "
@@ -41,6 +44,25 @@ SCHEMA_LOCK_SECONDS = 600
 # sysexits.h's EX_TEMPFAIL: a store the run needs stopped answering; the same command later
 # resumes (a scheduler can requeue on it)
 EXIT_STORE_LOST = 75
+
+
+def store_lost_in(exc: BaseException) -> StoreLost | None:
+    """The `StoreLost` that ``exc`` is or was raised while handling, if any.
+
+    Optuna's trial loop raises its own errors when a store failure stops it from recording a
+    trial (an ``AssertionError`` from ``_run_trial``); the failure is in their chain.
+    """
+    return next((e for e in _chain(exc) if isinstance(e, StoreLost)), None)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc``, then what it was raised from or while handling (a driver error's ``orig``)."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__ or getattr(current, "orig", None)
+    return seen
 
 
 def schema_lock(url: str) -> contextlib.AbstractContextManager:
@@ -284,39 +306,88 @@ def check_tracking_server(uri: str, timeout: float = 10.0) -> None:
             f"sqlite:///mlruns/mlflow.db.") from exc
 
 
-def lost_cause(exc: BaseException, uri: str) -> str | None:
-    """Why ``exc`` says the store at ``uri`` cannot be reached, or None if it is another error.
+def lost_cause(exc: BaseException, uri: str, *, files: bool = False) -> str | None:
+    """What ``exc`` says happened to the store at ``uri``, in words, or None if it is another error.
 
-    MLflow's REST client retries a refused connection, a timeout and 5xx answers with back-off
-    (about four minutes by default) before it raises: a store that raises so is gone, not busy.
-    A SQL store (``sqlite:///``, ``postgresql://``) raises SQLAlchemy's OperationalError, which
-    counts when it is about the connection or the file, not a lock or a query.
+    A store that cannot be reached "stopped answering (...)": MLflow's REST client retries a
+    refused connection, a timeout and 5xx answers with back-off (about four minutes by
+    default) before it raises, so a store that raises so is gone, not busy; a database driver
+    that cannot connect. A store that answers but cannot do its job "failed (...)": SQLite's
+    file is full, read-only, unreadable or damaged; PostgreSQL reports insufficient
+    resources (its disk full), an I/O or internal error (SQLSTATE classes 53, 58, XX; a
+    shutdown, class 57, is "stopped answering"). With ``files``, an `OSError` of a file system
+    that takes no writes (no space, a quota, read-only, I/O error) counts too: the caller knows
+    the file is the store's (MLflow's artifacts, an Optuna journal). A lock that is busy, a
+    constraint or a query the store refused is not the store's failure.
     """
     import requests
     from sqlalchemy.exc import OperationalError
 
-    seen: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in seen:
-        seen.append(current)
-        current = current.__cause__ or current.__context__
+    seen = _chain(exc)
     for error in seen:
         if isinstance(error, requests.exceptions.RetryError):
-            return f"it kept answering with errors: {str(error).rpartition('Caused by ')[2]}"[:300]
+            return (f"{ANSWERING} (it kept answering with errors: "
+                    f"{str(error).rpartition('Caused by ')[2]})")[:300]
         if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
             os_error = next((e for e in seen if type(e) is not OSError and isinstance(e, OSError)
                              and e.strerror), None)
-            return (os_error.strerror if os_error is not None else type(error).__name__).lower()
+            why = os_error.strerror if os_error is not None else type(error).__name__
+            return f"{ANSWERING} ({why.lower()})"
+        code = str(getattr(error, "sqlite_errorname", "") or "")
+        if code.startswith(_SQLITE_FILE_FAULTS):
+            return f"failed ({_driver_line(error, uri)})"
+        # PostgreSQL's SQLSTATE, as its drivers give it (psycopg2: pgcode, psycopg 3: sqlstate;
+        # MLflow's own errors carry a sqlstate of their own)
+        state = (str(getattr(error, "pgcode", None) or getattr(error, "sqlstate", None) or "")
+                 if type(error).__module__.startswith("psycopg") else "")
+        if state[:2] in ("08", "57"):  # the connection; a shutdown (operator intervention)
+            return f"{ANSWERING} ({_driver_line(error, uri)})"
+        if state[:2] in _PG_SERVER_FAULTS:
+            return f"failed ({_driver_line(error, uri)})"
+        if files and isinstance(error, OSError) and error.errno in _FILE_SYSTEM_FAULTS:
+            where = f": {error.filename}" if error.filename else ""
+            return f"failed ({error.strerror or error}{where})"
+    # drivers that give no error code: their words
+    for error in seen:
         if isinstance(error, OperationalError):
             first = _driver_line(error, uri)
             # the server or the file is gone; "database is locked" and the like are not that
             if any(word in first.lower() for word in _GONE):
-                return first
+                return f"{ANSWERING} ({first})"
     return None
 
 
-# What a database driver says when its server or file cannot be reached at all.
+# what `lost_cause` says of a store out of reach (`StoreLost.remedy` reads it)
+ANSWERING = "stopped answering"
+# What a database driver says when its server or file cannot be reached at all (drivers
+# that give no error code).
 _GONE = ("connect", "unable to open database file", "disk i/o error")
+# SQLite result codes (Python names them from 3.11) of a database file that cannot be
+# written or read: full, I/O error, read-only, damaged, not a database, cannot be opened
+_SQLITE_FILE_FAULTS = ("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CORRUPT",
+                       "SQLITE_NOTADB", "SQLITE_CANTOPEN", "SQLITE_PERM")
+# PostgreSQL SQLSTATE classes of the server's own trouble: insufficient resources (its disk
+# full), system (I/O) and internal errors (data corrupted)
+_PG_SERVER_FAULTS = ("53", "58", "XX")
+_FILE_SYSTEM_FAULTS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG,
+                       errno.EACCES}
+
+
+def raise_store_lost(engine, store: str, url: str) -> None:
+    """Make a failure of the database behind ``engine`` that is the store's own (`lost_cause`)
+    raise `StorageLost` instead of the driver's error.
+
+    SQLAlchemy's ``handle_error`` hook sees every error the database raises, wherever the
+    library using the engine (Optuna) issued the statement: the trial loop, a trial's
+    ``report``, the heartbeat. Optuna rolls its session back and lets the error through.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "handle_error")
+    def _lost(context) -> None:
+        words = lost_cause(context.sqlalchemy_exception or context.original_exception, url)
+        if words is not None:
+            raise StorageLost(store, words) from context.original_exception
 
 
 def retry_schema_race(make, attempts: int = 6):

@@ -20,7 +20,15 @@ from search.names import (
     SETTINGS_ATTR,
 )
 from search.redact import redact_url
-from search.stores import check_stores, retry_schema_race, schema_lock, store_error
+from search.stores import (
+    StorageLost,
+    check_stores,
+    lost_cause,
+    raise_store_lost,
+    retry_schema_race,
+    schema_lock,
+    store_error,
+)
 from spaces import default_params
 
 STALE_REASON = "worker stopped sending heartbeats"
@@ -58,18 +66,19 @@ def open_storage(url: str, on_stale: Callable[[FrozenTrial], None] | None = None
 
     A plain path (``*.journal`` / ``*.log``) becomes a `JournalStorage` on a file. SQLite and
     other databases get heartbeats, so a trial whose worker died is marked failed, retried
-    once, and handed to ``on_stale`` (`StaleTrialCallback`).
+    once, and handed to ``on_stale`` (`StaleTrialCallback`). Once open, a failure of the
+    store's own (out of reach, disk full, read-only, damaged) raises `StorageLost`, wherever
+    Optuna meets it.
 
     Raises:
         ValueError: one line, for a URL that cannot be opened, or a local file that cannot be
             this store or ``tracking_uri``'s (`check_stores`, before either is written to).
     """
     check_stores(url, tracking_uri)
+    store = f"the Optuna storage {redact_url(url)}"
     if "://" not in url:
-        from optuna.storages.journal import JournalFileBackend
-
         Path(url).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(url))
+        return optuna.storages.JournalStorage(_journal_file(url, store))
     sqlite = url.startswith("sqlite:///")  # its folder is made by `schema_lock`
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -87,7 +96,32 @@ def open_storage(url: str, on_stale: Callable[[FrozenTrial], None] | None = None
             raise (store_error("--storage", url, exc) or exc) from exc
     if sqlite and ":memory:" not in url:  # one process only; closing it would empty it
         serialize_sqlite_transactions(storage.engine)
+    raise_store_lost(storage.engine, store, url)
     return storage
+
+
+def _journal_file(path: str, store: str):
+    """Optuna's journal file backend, raising `StorageLost` when the file system fails it."""
+    from optuna.storages.journal import JournalFileBackend
+
+    def lost(exc: OSError) -> StorageLost | None:
+        words = lost_cause(exc, path, files=True)
+        return None if words is None else StorageLost(store, words)
+
+    class LosableJournalFile(JournalFileBackend):
+        def read_logs(self, log_number_from: int):
+            try:
+                yield from super().read_logs(log_number_from)
+            except OSError as exc:
+                raise (lost(exc) or exc) from exc
+
+        def append_logs(self, logs: list) -> None:
+            try:
+                super().append_logs(logs)
+            except OSError as exc:
+                raise (lost(exc) or exc) from exc
+
+    return LosableJournalFile(path)
 
 
 def serialize_sqlite_transactions(engine) -> None:  # noqa: ANN001 (a sqlalchemy Engine)
@@ -279,7 +313,7 @@ def count_trials(study: optuna.Study) -> dict[str, int]:
     """Count trials by outcome; ``budget`` is what counts against ``--trials``.
 
     A stop that is not the recipe's fault costs no budget: a trial interrupted (Ctrl-C,
-    SIGTERM, a store that stopped answering) or whose recipe was queued again (its process
+    SIGTERM, a store that failed) or whose recipe was queued again (its process
     was killed, or stopped sending heartbeats) is counted apart, and the recipe trains again.
     """
     trials = study.get_trials(deepcopy=False)
@@ -307,6 +341,9 @@ def quiet_optuna() -> None:
     # Failed trials are reported by our own display (with their reason), not as tracebacks.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # MLflow logs every database error with its traceback before raising it; regsearch reports
+    # what it raises (a failed store in one line: `search.stores.lost_cause`)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     # Keras on TensorFlow warns about retracing when each fold builds a fresh model: expected.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -1,4 +1,4 @@
-"""What a study is recorded in: the `Tracker` interface, the run states it knows, and its loss.
+"""What a study is recorded in: the `Tracker` interface, the run states it knows, a lost store.
 
 `search.mlflow_tracker.MlflowTracker` implements it; the tests use an in-memory one. A tracker
 knows runs (a study's parent run, one child run per trial or baseline), never Optuna: the code
@@ -17,11 +17,41 @@ RunState = Literal["COMPLETE", "PRUNED", "FAIL", "INTERRUPTED"]
 ParentStatus = Literal["FINISHED", "KILLED"]
 
 
-class TrackingLost(Exception):
-    """The tracking store stopped answering in the middle of a study.
+class StoreLost(Exception):
+    """A store of the study failed for a reason of its own, not of the recipe being trained.
 
-    A study records every trial, so it does not go on without its store: the running trial is
-    ended like an interrupted one (it does not count against the budget) and the run stops.
+    Out of reach, out of disk space, read-only, damaged: whatever a store says about itself
+    (`search.stores.lost_cause`). The study records every trial, so it does not go on without
+    its stores: the running trial does not count against the budget, its recipe is queued
+    again, and the run stops with `search.stores.EXIT_STORE_LOST`; the same command resumes
+    once the store is back.
+
+    Args:
+        store: which store, e.g. ``MLflow at sqlite:///mlruns/mlflow.db`` (password hidden).
+        words: what happened to it (`search.stores.lost_cause`), e.g.
+            ``failed (database or disk is full)``.
+    """
+
+    def __init__(self, store: str, words: str = "") -> None:
+        super().__init__(f"{store} {words}".strip())
+        self.store, self.words = store, words
+
+    @property
+    def remedy(self) -> str:
+        """When to run the same command again."""
+        answering = self.words.startswith("stopped answering")
+        return "once it answers" if answering else "once that is fixed"
+
+
+class StorageLost(StoreLost):
+    """The Optuna storage failed (`StoreLost`); `search.study.open_storage` raises it."""
+
+
+class TrackingLost(StoreLost):
+    """The tracking store failed in the middle of a study (`StoreLost`).
+
+    Optuna still answers, so the running trial is ended there like an interrupted one (it
+    does not count against the budget, its recipe is queued again) and the run stops.
     """
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +15,7 @@ import optuna
 
 from search.config import StudyConfig
 from search.convergence import convergence
-from search.liveness import this_process
+from search.liveness import fail_orphaned_trials, this_process
 from search.names import (
     BACKEND_ATTR,
     BACKEND_TAG,
@@ -29,10 +32,17 @@ from search.names import (
     WORKER_TAG,
 )
 from search.progress import StudyProgress
-from search.recording import failure_reason, fold_losses, make_recipe, start_run, train_recorded
+from search.recording import (
+    close_trial_run,
+    failure_reason,
+    fold_losses,
+    make_recipe,
+    start_run,
+    train_recorded,
+)
 from search.stopping import as_stop, check_stop, trainer_hooks
 from search.study import count_trials
-from search.tracking import RunState, Tracker, TrackingLost
+from search.tracking import RunState, StorageLost, StoreLost, Tracker
 from spaces import sample_params
 from trainers.data import Dataset
 from trainers.fit import ClassWeight, EpochMetrics, cross_validate
@@ -58,19 +68,24 @@ class Objective:
     parent_run_id: str
     progress: StudyProgress | None = None
     class_weight: ClassWeight = None
-    # set when MLflow stopped answering during a trial: `run_trials` raises it after Optuna
-    # has recorded the trial (Optuna's `catch` would otherwise swallow it and go on)
-    lost: TrackingLost | None = None
+    # set when a store failed during a trial: `run_trials` raises it once Optuna is done with
+    # the trial (Optuna's `catch` would otherwise swallow it and go on)
+    lost: StoreLost | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         try:
             return self._run(trial)
-        except TrackingLost as exc:
-            # nothing more can be written to MLflow: end the trial like an interrupted one,
-            # in Optuna only, so it does not use up the budget; its MLflow run is closed by the
-            # next run that reaches the store (`search.recording.close_runs_left_running`)
-            self._interrupted(trial, f"interrupted ({exc})")
+        except StoreLost as exc:
+            # not the recipe's fault: end the trial like an interrupted one, in Optuna if it
+            # still answers, so it does not use up the budget. Where it does not (its storage
+            # failed, or shares MLflow's full disk) the trial stays RUNNING and the next run
+            # fails and queues it (`search.liveness.fail_orphaned_trials`, told why by
+            # `record_exit`); its MLflow run is closed by the next run that reaches the store
+            # (`search.recording.close_runs_left_running`)
             self.lost = exc
+            if not isinstance(exc, StorageLost):
+                with contextlib.suppress(StorageLost):
+                    self._interrupted(trial, f"interrupted ({exc})")
             raise
         except KeyboardInterrupt as exc:
             self._interrupted(trial, failure_reason(exc))
@@ -165,28 +180,48 @@ class RunningCV:
 
 
 def run_trials(study: optuna.Study, objective: Objective, *, n_trials: int,
-               timeout: float | None = None) -> None:
+               timeout: float | None = None, poll_seconds: float = 2.0) -> None:
     """Run trials until the study holds ``n_trials`` (all invocations together), time is up,
     or, with ``config.stop_within_noise``, the search is within noise (`converged`).
+
+    The budget counts the trials other workers are running. One of those may still end
+    without costing budget (its worker killed, or its store lost) and its recipe be queued
+    again; a worker that had left would leave that retry WAITING until the next run. So a
+    worker whose budget is reached stays, checking every ``poll_seconds``, while other trials
+    run that it can see end (`_others_may_requeue`), and trains what is queued again.
 
     Each trial goes through ``study.optimize(n_trials=1)`` so Optuna keeps its heartbeat and
     stale-trial handling. A failed trial does not stop the loop; Ctrl-C ends the current trial
     (marked FAIL, ``interrupted``; it does not use up the budget) and propagates, and so does
-    `TrackingLost` (MLflow stopped answering), after ending the trial the same way.
+    `search.tracking.StoreLost` (a store failed), after ending the trial the same way where the
+    Optuna storage still answers.
     """
     started = time.monotonic()
     callbacks = []
     if objective.progress is not None:
         progress = objective.progress
         callbacks.append(lambda _study, trial: announce(progress, trial))
-    while count_trials(study)["budget"] < n_trials:
+    while True:
         check_stop()
         if timeout is not None and time.monotonic() - started >= timeout:
             break
+        if count_trials(study)["budget"] >= n_trials:
+            watching = _others_may_requeue(study, objective.tracker)
+            if count_trials(study)["budget"] >= n_trials:  # nothing was queued again
+                if not watching:
+                    break
+                time.sleep(poll_seconds)
+            continue
         if objective.config.stop_within_noise and converged(study, objective.config):
             break
-        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks,
-                       gc_after_trial=True)
+        try:
+            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks,
+                           gc_after_trial=True)
+        except Exception:
+            # Optuna could not record the trial's end either: its own error comes out of
+            # ``optimize`` (an AssertionError), the store's failure is what it means
+            if objective.lost is None:
+                raise
         if objective.lost is not None:
             raise objective.lost
 
@@ -202,6 +237,26 @@ def converged(study: optuna.Study, config: StudyConfig) -> bool:
                                          "regret_bound": state.regret_bound,
                                          "cv_error": state.cv_error})
     return True
+
+
+def _others_may_requeue(study: optuna.Study, tracker: Tracker) -> bool:
+    """Whether a trial another worker runs may yet be failed and its recipe queued again.
+
+    First fails (and queues) what can be failed now: trials of processes of this host that
+    ended (`search.liveness.fail_orphaned_trials`) and, on a storage with heartbeats, trials
+    gone silent. What still runs counts when its end will be seen: every trial on a storage
+    with heartbeats, else only those of this host (a journal file has no heartbeat, and a
+    process on another host that died would be waited for for ever).
+    """
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    fail_orphaned_trials(study, on_failed=functools.partial(close_trial_run, tracker))
+    heartbeat = is_heartbeat_enabled(study._storage)
+    if heartbeat:
+        optuna.storages.fail_stale_trials(study)
+    host = socket.gethostname()
+    return any(heartbeat or str(t.user_attrs.get(WORKER_ATTR, "")).rpartition(":")[0] == host
+               for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
 
 
 def announce(progress: StudyProgress, trial: optuna.trial.FrozenTrial) -> None:

@@ -38,7 +38,7 @@ class MemoryTracker:
 
     def _check(self, method: str) -> None:
         if method == self.lose_at:
-            raise TrackingLost("the test's tracker stopped answering")
+            raise TrackingLost("the test's tracker", "stopped answering")
 
     def _new(self, run: Run) -> str:
         run_id = f"run-{next(self._ids)}"

@@ -89,10 +89,11 @@ def test_mlflow_lost_mid_study_stops_the_run_and_the_rerun_closes_the_trials_run
         output = proc.communicate(timeout=300)[0]
         assert proc.returncode == 75, output
         assert "Traceback" not in output
-        assert output.strip().splitlines()[-1] == (
-            f"error: MLflow at {server.url} stopped answering (connection refused); the running "
-            f"trial is marked failed and does not count against the budget: run the same "
-            f"command again once MLflow answers")
+        last = output.strip().splitlines()[-1]
+        assert last.startswith(f"error: MLflow at {server.url} stopped answering (connection "
+                               f"refused); the running trial does not count against the budget "
+                               f"and its recipe is trained again"), last
+        assert last.endswith("run the same command again once it answers"), last
         trial = optuna.load_study(study_name="digits", storage=storage).trials[0]
         assert trial.state == TrialState.FAIL and trial.user_attrs["interrupted"] is True
 
@@ -132,3 +133,22 @@ def test_only_a_store_out_of_reach_counts_as_lost() -> None:
     assert gone is not None and "could not connect" in gone and "s3cret" not in gone
     assert lost_cause(wrapped("database is locked"), url) is None
     assert lost_cause(ValueError("a bad metric"), url) is None
+
+
+def test_a_busy_database_or_a_refused_request_is_not_a_lost_store(tmp_path) -> None:
+    import sqlite3
+
+    from mlflow.exceptions import MlflowException
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    holder = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    with pytest.raises(sqlite3.OperationalError) as busy:
+        sqlite3.connect(tmp_path / "s.db", timeout=0).execute("INSERT INTO t VALUES (1)")
+    assert busy.value.sqlite_errorname == "SQLITE_BUSY"
+    assert lost_cause(busy.value, url) is None
+    # MLflow's own errors carry a SQLSTATE-like code of their own ("XXM00"), not the store's
+    refused = MlflowException("Run 'abc' not found", error_code="RESOURCE_DOES_NOT_EXIST")
+    assert lost_cause(refused, url) is None
+    holder.close()
