@@ -34,7 +34,7 @@ def training_trials(storage: str, study_name: str = "digits") -> list:
 
 
 def start_training(command: list[str], *, cwd, env: dict, storage: str,  # noqa: ANN001
-                   timeout: float = 120) -> subprocess.Popen:
+                   timeout: float = 300) -> subprocess.Popen:
     """Start ``command`` (output piped, text) and return it once a trial has an epoch in
     ``storage``; fail the test with its output if none has within ``timeout`` seconds."""
     # A shell's background job inherits SIGINT ignored (and Python then keeps it ignored);
