@@ -34,7 +34,7 @@ import math
 import time
 import weakref
 from collections import OrderedDict
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
@@ -174,8 +174,8 @@ class _Stream:
     """The arrays one ``fit`` of the copies trains and validates on.
 
     ``weights`` has 2k columns per sample: columns 0..k-1 say whether it is in copy j's
-    training part (the loss divides by their sum), columns k..2k-1 its weight in copy j's loss
-    and training metrics (the fold's class weight, 0 outside the fold). ``val_weights``:
+    training part (the loss divides by their sum; the metrics average over them), columns
+    k..2k-1 its weight in copy j's loss (the fold's class weight, 0 outside the fold). ``val_weights``:
     whether it is in fold j's validation part, twice.
     """
 
@@ -207,7 +207,9 @@ class FoldCopies(keras.Model):
     cross-entropy summed over its marked samples and divided by their number, plus its kernel
     penalties; the total loss is the sum over copies, and as the copies share no variable each
     copy's gradient is that of its own loss. The metrics ``cross_entropy_<j>`` and
-    ``accuracy_<j>`` (``val_...`` in validation) are copy j's, over its own samples.
+    ``accuracy_<j>`` (``val_...`` in validation) are copy j's plain means over its marked
+    samples (class weights do not enter them, as they do not enter a compiled model's
+    ``metrics``).
 
     Args:
         copies: built models with one input and a softmax output, no variables shared.
@@ -243,9 +245,10 @@ class FoldCopies(keras.Model):
         return ops.sum(losses)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        k = self.n_copies
+        # each of the copy's samples counts once, unweighted, as in the compiled `metrics=` of
+        # a single model (Keras gives sample weights to `weighted_metrics` only)
         for j, probabilities in enumerate(y_pred):
-            weight = sample_weight[:, k + j]
+            weight = sample_weight[:, j]
             self.cross_entropies[j].update_state(y, probabilities, sample_weight=weight)
             self.accuracies[j].update_state(y, probabilities, sample_weight=weight)
         return self.get_metrics_result()
@@ -420,7 +423,7 @@ class ReusedCopies:
 
 
 # The compiled copies of a worker's `Reuse`, per number of folds: kept as long as it is.
-_REUSED: "weakref.WeakKeyDictionary[Reuse, dict[int, ReusedCopies]]" = weakref.WeakKeyDictionary()
+_REUSED: weakref.WeakKeyDictionary[Reuse, dict[int, ReusedCopies]] = weakref.WeakKeyDictionary()
 
 
 def copies_for(models: Models | Callable[[Recipe], keras.Model],
