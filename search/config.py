@@ -10,7 +10,7 @@ from typing import Any
 
 from search.baselines import BASELINE_SETS
 from spaces import StudySpec, check_choice, check_float, check_int, load_study
-from spaces.load import PRUNERS, SAMPLERS, SEED_MAX
+from spaces.load import FOLD_MODES, PRUNERS, SAMPLERS, SEED_MAX
 
 DEFAULT_ROOT = Path("mlruns")
 PRECISIONS = ("float32", "bfloat16")
@@ -58,6 +58,8 @@ class StudyConfig:
         baselines: name of a set of hand-picked recipes to cross-validate beside the search.
         rebuild_per_trial: build and compile a fresh model for every fold instead of reusing
             one compiled model per worker (slower; for comparison).
+        fold_mode: "sequential" (fold after fold) or "batched" (a trial's folds as copies of
+            the model in one compiled step, `trainers.batched`); overrides the study file's.
         report: after the search, retrain the selected recipe (and baselines) on the whole
             training split and score the held-out split, when the data has one.
         report_top: retrain the best this many trials for the report (the rank agreement
@@ -81,6 +83,7 @@ class StudyConfig:
     report_top: int = 3
     precision: str = "float32"
     rebuild_per_trial: bool = False
+    fold_mode: str = "sequential"
     tpe_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -92,6 +95,7 @@ class StudyConfig:
         check_int("--seed", self.seed, low=0, high=SEED_MAX)
         check_int("--report-top", self.report_top, low=1)
         check_choice("--precision", self.precision, PRECISIONS)
+        check_choice("--fold-mode", self.fold_mode, FOLD_MODES)
         if self.baselines is not None:
             check_choice("--baselines", self.baselines, tuple(BASELINE_SETS))
         if self.timeout is not None:
@@ -146,6 +150,7 @@ def build_config(
     report_top: int = 3,
     precision: str = "float32",
     rebuild_per_trial: bool = False,
+    fold_mode: str | None = None,
 ) -> StudyConfig:
     """Load a study file and apply overrides (None keeps the file's value).
 
@@ -178,4 +183,5 @@ def build_config(
         report_top=report_top,
         precision=precision,
         rebuild_per_trial=rebuild_per_trial,
+        fold_mode=pick(fold_mode, s.fold_mode),
     )

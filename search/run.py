@@ -71,6 +71,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild-per-trial", action="store_true",
                    help="build and compile a fresh model for every fold instead of compiling one "
                         "per worker and reusing it (slower; for comparison)")
+    p.add_argument("--fold-mode", choices=("sequential", "batched"),
+                   help="train a trial's folds one after the other, or as copies of the model in "
+                        "one compiled step (default: the study file's search.fold_mode, else "
+                        "sequential)")
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the launcher
     return p
 
@@ -149,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout=args.timeout, fresh=args.fresh, overrides=args.set,
             baselines=args.baselines, report=not args.no_report, report_top=args.report_top,
             precision=args.precision,
-            rebuild_per_trial=args.rebuild_per_trial,
+            rebuild_per_trial=args.rebuild_per_trial, fold_mode=args.fold_mode,
         )
     except USER_ERRORS as exc:  # the study file and the options
         print(f"error: {error_text(exc)}", file=sys.stderr)
