@@ -325,9 +325,9 @@ class RebuiltCopies:
         """Copy j built seeded with ``seeds[j]``, as `Rebuild` builds fold j's model."""
         _check_seeds(seeds, self.n_copies)
         copies = []
-        for seed in seeds:
+        for j, seed in enumerate(seeds):
             keras.utils.set_random_seed(seed)
-            copy = self.build(recipe)
+            copy = _build_copy(j, lambda: self.build(recipe))
             reseed_dropout(copy, seed)
             copies.append(copy)
         model = _compile(FoldCopies(copies, name="fold_copies"), recipe, self.jit_compile)
@@ -382,9 +382,9 @@ class ReusedCopies:
 
     def _compile(self, recipe: Recipe, seeds: Sequence[int]) -> FoldCopies:
         copies = []
-        for seed in seeds:
+        for j, seed in enumerate(seeds):
             keras.utils.set_random_seed(seed)
-            copy = self.build()
+            copy = _build_copy(j, self.build)
             fixed = fixed_penalties(copy)
             if fixed:
                 raise ValueError(
@@ -454,6 +454,14 @@ def copies_for(models: Models | Callable[[Recipe], keras.Model],
         f"cross_validate_batched: cannot make fold copies from {type(models).__name__}; "
         "expected Reuse, Rebuild or a callable build(recipe) -> keras.Model."
     )
+
+
+def _build_copy(index: int, build: Callable[[], keras.Model]) -> keras.Model:
+    """``build()`` with its variables named ``copy_<index>/...``: the copies' layers share
+    names, and on PyTorch a model registers its parameters by variable path, so copies with
+    the same paths would share one gradient slot."""
+    with keras.name_scope(f"copy_{index}"):
+        return build()
 
 
 def _check_seeds(seeds: Sequence[int], n_copies: int) -> None:

@@ -370,5 +370,8 @@ def test_fold_copies_share_no_variable() -> None:
     assert isinstance(model, FoldCopies)
     ids = [{id(v) for v in c.variables} for c in model.copies]
     assert not ids[0] & ids[1]
+    # unique paths too: PyTorch registers parameters by path, so shared paths share gradients
+    paths = [v.path for v in model.variables]
+    assert len(set(paths)) == len(paths) and paths[0].startswith("copy_0/")
     # seeded apart: different initial weights
     assert not np.allclose(_weights(model.copies[0])[0], _weights(model.copies[1])[0])
