@@ -500,16 +500,20 @@ class _PerCopy(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
-        for j, fold in enumerate(self.folds):
-            if not self.active[j]:
-                continue
-            train_loss = float(logs.get(_copy_key(CROSS_ENTROPY, j), math.nan))
-            val_loss = float(logs.get(f"val_{_copy_key(CROSS_ENTROPY, j)}", math.nan))
-            if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-                self.diverged = (fold.index, epoch)
+        training = [j for j in range(len(self.folds)) if self.active[j]]
+        for j in training:
+            if not all(math.isfinite(float(logs.get(key, math.nan))) for key in (
+                    _copy_key(CROSS_ENTROPY, j), f"val_{_copy_key(CROSS_ENTROPY, j)}")):
+                self.diverged = (self.folds[j].index, epoch)
                 self.model.stop_training = True
                 return
+            # every copy still training has trained this epoch, reported or not (a stop asked
+            # for at an earlier fold's report cuts the reports, not the epoch)
             self.n_epochs[j] = epoch + 1
+        for j in training:
+            fold = self.folds[j]
+            train_loss = float(logs[_copy_key(CROSS_ENTROPY, j)])
+            val_loss = float(logs[f"val_{_copy_key(CROSS_ENTROPY, j)}"])
             improved = val_loss < self.best[j]
             self.best[j] = min(self.best[j], val_loss)
             metrics = EpochMetrics(

@@ -270,11 +270,16 @@ def test_training_ends_when_every_copy_has_stopped() -> None:
 def test_on_epoch_true_stops_every_copy() -> None:
     data = _digits()
     folds = stratified_folds(data.y, 3, seed=0)
-    result = cross_validate_batched(data, folds, RECIPE.replace(max_epochs=5), _reuse(data),
+    reuse = _reuse(data)
+    result = cross_validate_batched(data, folds, RECIPE.replace(max_epochs=5), reuse,
                                     on_epoch=lambda m: m.fold == 1 and m.epoch == 1)
     assert result.stopped and len(result.folds) == 3
-    # fold 0 and 1 reported epoch 1, fold 2 had not yet: its epoch 1 is not kept
-    assert [f.n_epochs for f in result.folds] == [2, 2, 1]
+    # every copy trained epochs 0 and 1 (fold 2's epoch 1 was trained, though not reported)
+    assert [f.n_epochs for f in result.folds] == [2, 2, 2]
+    # stopped at the first report: every fold still has its first epoch
+    first = cross_validate_batched(data, folds, RECIPE.replace(max_epochs=5), reuse,
+                                   on_epoch=lambda m: True)
+    assert first.stopped and [f.n_epochs for f in first.folds] == [1, 1, 1]
 
 
 def test_on_fold_sees_every_fold_in_order_and_on_batch_reports_fold_0() -> None:
