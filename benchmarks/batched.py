@@ -163,13 +163,14 @@ def _markdown(result: dict) -> str:
         command,
         "",
         (f"{settings['trials']} recipes drawn at random from the study's space, each trained by "
-         f"both modes side by side (order alternating), {k} folds of "
-         f"{settings['train_images']} training images, {settings['epochs']} epochs, patience "
+         f"both modes side by side (order alternating), {k} folds over "
+         f"{settings['train_images']} images, {settings['epochs']} epochs, patience "
          f"{settings['patience']}. Batch {settings['batch_size']} sequential; "
          f"{settings['batched_batch_size']} batched (each copy counts about "
          f"{settings['batch_size']} of them). images/s: each fold's training images x its "
          "epochs over the trial's wall seconds. Later trials: median of trials 2 and on (the "
-         "first pays each mode's one compilation)."),
+         "first pays each mode's one compilation). On a shared machine the absolute figures "
+         "move with the load; the per-trial ratio, measured side by side, is the one to read."),
         "",
         "| mode | first trial | later trials: seconds | later: images/s | mean CV loss |",
         "| --- | --- | --- | --- | --- |",
