@@ -10,7 +10,7 @@ from typing import Any
 
 from search.baselines import BASELINE_SETS
 from spaces import StudySpec, check_choice, check_float, check_int, load_study
-from spaces.load import PRUNERS, SAMPLERS, SEED_MAX
+from spaces.load import FOLD_MODES, PRUNERS, SAMPLERS, SEED_MAX
 
 DEFAULT_ROOT = Path("mlruns")
 PRECISIONS = ("float32", "bfloat16")
@@ -58,6 +58,8 @@ class StudyConfig:
         baselines: name of a set of hand-picked recipes to cross-validate beside the search.
         rebuild_per_trial: build and compile a fresh model for every fold instead of reusing
             one compiled model per worker (slower; for comparison).
+        fold_mode: "sequential" (fold after fold) or "batched" (a trial's folds as copies of
+            the model in one compiled step, `trainers.batched`); overrides the study file's.
         report: after the search, retrain the selected recipe (and baselines) on the whole
             training split and score the held-out split, when the data has one.
         report_top: retrain the best this many trials for the report (the rank agreement
@@ -84,6 +86,7 @@ class StudyConfig:
     stop_within_noise: bool = False
     precision: str = "float32"
     rebuild_per_trial: bool = False
+    fold_mode: str = "sequential"
     tpe_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -95,6 +98,7 @@ class StudyConfig:
         check_int("--seed", self.seed, low=0, high=SEED_MAX)
         check_int("--report-top", self.report_top, low=1)
         check_choice("--precision", self.precision, PRECISIONS)
+        check_choice("--fold-mode", self.fold_mode, FOLD_MODES)
         if self.baselines is not None:
             check_choice("--baselines", self.baselines, tuple(BASELINE_SETS))
         if self.timeout is not None:
@@ -152,7 +156,7 @@ def build_config(study: str, *, overrides: tuple[str, ...] | list[str] = (),
         "n_trials": s.n_trials, "n_folds": s.n_folds,
         "max_epochs": spec.training.get("max_epochs", 20), "sampler": s.sampler,
         "pruner": s.pruner, "seed": s.seed, "storage": default_storage(),
-        "tracking_uri": default_tracking_uri(),
+        "tracking_uri": default_tracking_uri(), "fold_mode": s.fold_mode,
     }
     given = {k: v for k, v in options.items() if v is not None}
     return StudyConfig(spec=spec, enqueue_defaults=s.enqueue_defaults, tpe_options=dict(s.tpe),

@@ -75,6 +75,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild-per-trial", action="store_true",
                    help="build and compile a fresh model for every fold instead of compiling one "
                         "per worker and reusing it (slower; for comparison)")
+    p.add_argument("--fold-mode", choices=("sequential", "batched"),
+                   help="train a trial's folds one after the other, or as copies of the model in "
+                        "one compiled step (default: the study file's search.fold_mode, else "
+                        "sequential)")
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the launcher
     return p
 

@@ -45,7 +45,8 @@ from search.study import count_trials
 from search.tracking import RunState, StorageLost, StoreLost, Tracker
 from spaces import sample_params
 from trainers.data import Dataset
-from trainers.fit import ClassWeight, EpochMetrics, cross_validate
+from search.training import fold_trainer
+from trainers.fit import ClassWeight, EpochMetrics
 from trainers.kfold import Fold
 
 
@@ -127,11 +128,17 @@ class Objective:
 
         estimate = RunningCV(self.config.max_epochs)
         hooks = trainer_hooks(self.progress)
+        batched = self.config.fold_mode == "batched"
+        in_order = InFoldOrder(self.config.max_epochs)
 
         def on_epoch(m: EpochMetrics) -> bool:
             hooks["on_epoch"](m)
-            trial.report(estimate.update(m.fold, m.epoch, m.best_val_loss), m.step)
-            return trial.should_prune()
+            # batched folds report epoch by epoch across folds: the pruner sees what
+            # sequential folds report, in their order (`InFoldOrder`)
+            reports = in_order(m) if batched else [m]
+            for r in reports:
+                trial.report(estimate.update(r.fold, r.epoch, r.best_val_loss), r.step)
+            return bool(reports) and trial.should_prune()
 
         def on_failed(state: RunState, reason: str) -> None:
             if state == "FAIL":  # an interruption is recorded by `__call__`, whatever it cut
@@ -142,7 +149,7 @@ class Objective:
             self.tracker, run_id,
             # a recipe stuck at chance level completes with its (bad) CV loss: see
             # `search.selection` for why that, not a failure, and why it is never selected
-            lambda on_fold: cross_validate(
+            lambda on_fold: fold_trainer(self.config)(
                 self.data, self.folds, recipe, self.models, seed=self.config.seed,
                 on_epoch=on_epoch, on_fold=on_fold, class_weight=self.class_weight,
                 on_batch=hooks["on_batch"], fail_at_chance=False),
@@ -177,6 +184,33 @@ class RunningCV:
         if not self.finished:
             return best_val_loss
         return sum(self.finished.values()) / len(self.finished)
+
+
+class InFoldOrder:
+    """Turn the reports of batched folds into those sequential folds make, in their order.
+
+    Batched folds (`trainers.batched`) report epoch 0 of every fold, then epoch 1 of every fold,
+    and so on. This passes on fold 0's epochs as they come and each later fold's end (its
+    report at the fold's last step, early-stopped or not) once every fold before it has
+    ended, so `RunningCV` and the pruner see the same steps and values as with sequential folds
+    (later folds' first epochs, which `RunningCV` ignores anyway, are left out). Folds are
+    numbered 0, 1, ... as the study's are.
+    """
+
+    def __init__(self, max_epochs: int) -> None:
+        self.max_epochs = max_epochs
+        self.ended: dict[int, EpochMetrics] = {}
+        self.next = 0  # the first fold not yet passed on as ended
+
+    def __call__(self, m: EpochMetrics) -> list[EpochMetrics]:
+        out = [m] if m.fold == 0 and self.next == 0 else []
+        if m.epoch == self.max_epochs - 1:
+            self.ended[m.fold] = m
+        while self.next in self.ended:
+            if self.next > 0:
+                out.append(self.ended[self.next])
+            self.next += 1
+        return out
 
 
 def run_trials(study: optuna.Study, objective: Objective, *, n_trials: int,

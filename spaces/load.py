@@ -17,7 +17,8 @@ BUILTIN_DIR = Path(__file__).resolve().parent
 SECTIONS = ("name", "description", "data", "model", "training", "search", "space")
 # Fixed per study: the recipe fields a space may also search, plus the epoch budget.
 TRAINING_KEYS = tuple(FLOAT_DOMAINS) + tuple(INT_DOMAINS) + ("max_epochs",)
-SEARCH_KEYS = ("n_folds", "n_trials", "sampler", "pruner", "seed", "enqueue_defaults", "tpe")
+SEARCH_KEYS = ("n_folds", "n_trials", "sampler", "pruner", "seed", "enqueue_defaults", "tpe",
+               "fold_mode")
 SAMPLERS = ("tpe", "random")
 # Options of Optuna's TPESampler a study file may set under ``search.tpe`` (the rest of
 # TPESampler's arguments are regsearch's to choose: seed, the trial filter...).
@@ -25,6 +26,9 @@ TPE_BOOL_OPTIONS = ("multivariate", "group", "constant_liar", "consider_endpoint
 TPE_INT_OPTIONS = {"n_startup_trials": 0, "n_ei_candidates": 1}
 TPE_OPTIONS = TPE_BOOL_OPTIONS + tuple(TPE_INT_OPTIONS)
 PRUNERS = ("hyperband", "sha", "median", "none")
+# How a trial trains its folds: one after the other, or as copies in one compiled step
+# (`trainers.batched`). Sequential until batched is measured faster on the backend.
+FOLD_MODES = ("sequential", "batched")
 # numpy's and Optuna's samplers take seeds below 2**32.
 SEED_MAX = 2**32 - 1
 # A study name is a folder name (mlruns/logs/<name>/) and an MLflow experiment: one plain file
@@ -34,7 +38,7 @@ STUDY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """How a study searches: folds, trial budget, sampler, pruner, seed."""
+    """How a study searches: folds, trial budget, sampler, pruner, seed, fold mode."""
 
     n_folds: int = 5
     n_trials: int = 30
@@ -43,6 +47,7 @@ class SearchSettings:
     seed: int = 0
     enqueue_defaults: bool = True
     tpe: dict[str, Any] = field(default_factory=dict)
+    fold_mode: str = "sequential"
 
     def __post_init__(self) -> None:
         # Store what the checks return: YAML `n_folds: 3.0` passes check_int, and a float
@@ -52,6 +57,7 @@ class SearchSettings:
             object.__setattr__(self, name, value)
         check_choice("sampler", self.sampler, SAMPLERS)
         check_choice("pruner", self.pruner, PRUNERS)
+        check_choice("fold_mode", self.fold_mode, FOLD_MODES)
         if not isinstance(self.enqueue_defaults, bool):
             raise TypeError(
                 f"'enqueue_defaults' must be true or false; got {self.enqueue_defaults!r}."

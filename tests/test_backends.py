@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OTHER_BACKENDS = ("jax", "torch")
 # the trainer tests that run Keras; the loaders, folds and recipes are NumPy only
 KERAS_TESTS = tuple(f"tests/trainers/test_{name}.py"
-                    for name in ("augment", "cnn", "fit", "layers", "reuse"))
+                    for name in ("augment", "batched", "cnn", "fit", "layers", "reuse"))
 
 
 def _needs(backend: str) -> None:

@@ -1,0 +1,105 @@
+"""The fold mode of a study: folds one after the other, or batched in one compiled step.
+
+The pruner must see the same steps and values from batched folds as from sequential ones
+(`search.worker.InFoldOrder`), and a batched study runs end to end on real stores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from search.config import build_config
+from search.names import FOLD_LOSSES_ATTR
+from search.worker import InFoldOrder, RunningCV
+from trainers.fit import EpochMetrics
+
+EPOCHS = 4
+
+
+def _metrics(fold: int, epoch: int, best: float, filled: bool = False) -> EpochMetrics:
+    return EpochMetrics(fold=fold, epoch=epoch, step=fold * EPOCHS + epoch, train_loss=1.0,
+                        val_loss=best, val_accuracy=0.5, best_val_loss=best, filled=filled)
+
+
+def _pruner_sees(reports: list[EpochMetrics], batched: bool) -> list[tuple[int, float]]:
+    """(step, value) pairs the objective reports to Optuna, as `Objective._run` makes them."""
+    estimate, in_order, seen = RunningCV(EPOCHS), InFoldOrder(EPOCHS), []
+    for m in reports:
+        for r in (in_order(m) if batched else [m]):
+            seen.append((r.step, estimate.update(r.fold, r.epoch, r.best_val_loss)))
+    return seen
+
+
+# best-so-far curves of three folds; fold 1 stops early after epoch 1, fold 2 trains them all
+CURVES = {0: [2.0, 1.5, 1.2, 1.1], 1: [1.8, 1.6], 2: [2.2, 1.9, 1.4, 1.3]}
+
+
+def _sequential() -> list[EpochMetrics]:
+    out = []
+    for fold, curve in CURVES.items():
+        out += [_metrics(fold, e, v) for e, v in enumerate(curve)]
+        if len(curve) < EPOCHS:
+            out.append(_metrics(fold, EPOCHS - 1, curve[-1], filled=True))
+    return out
+
+
+def _batched() -> list[EpochMetrics]:
+    """The same folds trained together: epoch-major, an early stop filled when it happens."""
+    out = []
+    for epoch in range(EPOCHS):
+        for fold, curve in CURVES.items():
+            if epoch < len(curve):
+                out.append(_metrics(fold, epoch, curve[epoch]))
+                if epoch == len(curve) - 1 < EPOCHS - 1:
+                    out.append(_metrics(fold, EPOCHS - 1, curve[-1], filled=True))
+    return out
+
+
+def test_batched_folds_report_to_the_pruner_what_sequential_folds_report_at_fold_ends() -> None:
+    sequential = _pruner_sees(_sequential(), batched=False)
+    batched = _pruner_sees(_batched(), batched=True)
+    # fold 0's epochs as they come, then every fold's end, in fold order, with the same values
+    fold_ends = [(step, value) for step, value in sequential
+                 if step < EPOCHS or step % EPOCHS == EPOCHS - 1]
+    assert batched == fold_ends
+    assert [s for s, _ in batched] == [0, 1, 2, 3, 7, 11]
+    assert batched[-1][1] == pytest.approx((1.1 + 1.6 + 1.3) / 3)
+
+
+def test_a_later_fold_that_ends_first_waits_for_the_folds_before_it() -> None:
+    in_order = InFoldOrder(EPOCHS)
+    assert in_order(_metrics(1, EPOCHS - 1, 0.9, filled=True)) == []
+    passed = in_order(_metrics(0, 3, 1.0))
+    assert [(m.fold, m.epoch) for m in passed] == [(0, 3), (1, 3)]
+
+
+def test_fold_mode_comes_from_the_study_file_and_the_command_line() -> None:
+    assert build_config("digits").fold_mode == "sequential"
+    assert build_config("digits", overrides=["search.fold_mode=batched"]).fold_mode == "batched"
+    assert build_config("digits", overrides=["search.fold_mode=batched"],
+                        fold_mode="sequential").fold_mode == "sequential"
+    with pytest.raises(ValueError, match="fold_mode"):
+        build_config("digits", overrides=["search.fold_mode=parallel"])
+    with pytest.raises(ValueError, match="--fold-mode"):
+        build_config("digits", fold_mode="parallel")
+
+
+@pytest.mark.slow
+def test_a_batched_digits_study_runs_end_to_end(tmp_path: Path) -> None:
+    from search.driver import run_study
+    from search.study import open_study
+
+    config = build_config("digits", n_trials=2, n_folds=3, max_epochs=3, pruner="none", seed=0,
+                          storage=f"sqlite:///{tmp_path}/optuna.db",
+                          tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", fold_mode="batched",
+                          overrides=["model.units=64", "model.hidden_layers=2"], report=False)
+    run_study(config, progress=False)
+    trials = open_study(config).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    for t in trials:
+        losses = t.user_attrs[FOLD_LOSSES_ATTR]
+        assert len(losses) == 3 and t.value == pytest.approx(sum(losses) / 3)
+        assert t.value < 2.0  # ln 10 = 2.30: every trial learned
