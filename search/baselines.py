@@ -68,10 +68,10 @@ def run_baselines(study: Any, config: Any, recipes: dict[str, Any], *, data: Any
         ``fail_reason``.
     """
     # Keras: `search.config` reads this module's sets before the CLI may start it
-    from search.training import fold_trainer
+    from trainers.batched import fold_trainer
     from trainers.fit import TrainingFailed
 
-    cross_validate = fold_trainer(config)  # the study's fold mode, as its trials
+    cross_validate = fold_trainer(config.fold_mode)  # the study's fold mode, as its trials
 
     done: dict[str, dict[str, Any]] = dict(study.user_attrs.get(BASELINES_ATTR, {}))
     for name, recipe in recipes.items():

@@ -96,16 +96,3 @@ def make_models(config: StudyConfig, build: Callable[..., Any]) -> Any:
         return Rebuild(build)
     # a reusable build: every penalty and dropout present, strengths held in variables
     return Reuse(functools.partial(build, Recipe(), reusable=True), cache_size=config.n_folds + 2)
-
-
-def fold_trainer(config: StudyConfig) -> Callable[..., Any]:
-    """The function that cross-validates a recipe for ``config.fold_mode``: `cross_validate`
-    (folds one after the other) or `cross_validate_batched` (a trial's folds as copies of the
-    model in one compiled step); both take the same arguments and return a `CVResult`."""
-    if config.fold_mode == "batched":
-        from trainers.batched import cross_validate_batched
-
-        return cross_validate_batched
-    from trainers.fit import cross_validate
-
-    return cross_validate

@@ -44,8 +44,8 @@ from search.stopping import as_stop, check_stop, trainer_hooks
 from search.study import count_trials
 from search.tracking import RunState, StorageLost, StoreLost, Tracker
 from spaces import sample_params
+from trainers.batched import fold_trainer
 from trainers.data import Dataset
-from search.training import fold_trainer
 from trainers.fit import ClassWeight, EpochMetrics
 from trainers.kfold import Fold
 
@@ -149,7 +149,7 @@ class Objective:
             self.tracker, run_id,
             # a recipe stuck at chance level completes with its (bad) CV loss: see
             # `search.selection` for why that, not a failure, and why it is never selected
-            lambda on_fold: fold_trainer(self.config)(
+            lambda on_fold: fold_trainer(self.config.fold_mode)(
                 self.data, self.folds, recipe, self.models, seed=self.config.seed,
                 on_epoch=on_epoch, on_fold=on_fold, class_weight=self.class_weight,
                 on_batch=hooks["on_batch"], fail_at_chance=False),

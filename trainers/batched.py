@@ -54,6 +54,7 @@ from trainers.fit import (
     _at_chance,
     _batch_hooks,
     _FirstStep,
+    cross_validate,
     resolve_class_weight,
 )
 from trainers.kfold import Fold
@@ -157,6 +158,14 @@ def cross_validate_batched(
                     f"chance level ln({data.n_classes}) = {chance:.4f}"
                 )
     return CVResult(tuple(results))
+
+
+def fold_trainer(fold_mode: str) -> Callable[..., CVResult]:
+    """The function that cross-validates a recipe in ``fold_mode``: `cross_validate` for
+    "sequential" (folds one after the other), `cross_validate_batched` for "batched" (a trial's
+    folds as copies of the model in one compiled step). Both take the same arguments and
+    return a `CVResult`."""
+    return cross_validate_batched if fold_mode == "batched" else cross_validate
 
 
 def batch_size_for(batch_size: int, n_stream: int, train_sizes: Sequence[int]) -> int:
