@@ -63,6 +63,9 @@ STRENGTHS: tuple[Strength, ...] = (
     Strength("l2", float, 0.0, off=0.0, label="l2"),
     Strength("dropout", float, 0.0, 1.0, high_open=True, off=0.0, label="dropout"),
     Strength("augment", float, 0.0, 1.0, off=0.0, label="augment"),
+    # decoupled (AdamW) decay per step is learning_rate * weight_decay, as in Keras and
+    # PyTorch; above 1 a step could shrink a kernel by more than the learning rate itself
+    Strength("weight_decay", float, 0.0, 1.0, off=0.0, label="weight_decay"),
     Strength("patience", int, 1, label="patience"),
     Strength("learning_rate", float, 0.0, low_open=True),
     Strength("batch_size", int, 1),
