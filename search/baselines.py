@@ -73,8 +73,9 @@ def run_baselines(study: Any, config: Any, recipes: dict[str, Any], *, data: Any
     done: dict[str, dict[str, Any]] = dict(study.user_attrs.get(BASELINES_ATTR, {}))
     for name, recipe in recipes.items():
         previous = done.pop(name, None)
+        # a recipe stored before a regularizer existed had it off: the same recipe
         if previous is not None and RUNNING_IN_KEY not in previous \
-                and previous.get("recipe") == recipe.to_dict():
+                and {**OFF, **previous.get("recipe", {})} == recipe.to_dict():
             done[name] = previous
             continue
         if previous is not None and process_gone(previous.get(RUNNING_IN_KEY, {})):

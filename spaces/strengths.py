@@ -64,8 +64,11 @@ STRENGTHS: tuple[Strength, ...] = (
     Strength("dropout", float, 0.0, 1.0, high_open=True, off=0.0, label="dropout"),
     Strength("augment", float, 0.0, 1.0, off=0.0, label="augment"),
     # decoupled (AdamW) decay per step is learning_rate * weight_decay, as in Keras and
-    # PyTorch; above 1 a step could shrink a kernel by more than the learning rate itself
+    # PyTorch; AdamW recipes use 0.01-0.3, and 1 is far beyond them
     Strength("weight_decay", float, 0.0, 1.0, off=0.0, label="weight_decay"),
+    # at 1 every target is uniform and nothing is learned
+    Strength("label_smoothing", float, 0.0, 1.0, high_open=True, off=0.0,
+             label="label_smoothing"),
     Strength("patience", int, 1, label="patience"),
     Strength("learning_rate", float, 0.0, low_open=True),
     Strength("batch_size", int, 1),

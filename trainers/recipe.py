@@ -24,6 +24,8 @@ class Recipe:
         augment: augmentation magnitude in [0, 1]; 0 is the identity.
         weight_decay: decoupled (AdamW) weight decay of every kernel, in [0, 1]; each step
             shrinks a kernel by ``learning_rate * weight_decay`` (`trainers.optimizer`).
+        label_smoothing: label smoothing of the training loss, in [0, 1); the reported and
+            validation losses stay the plain cross-entropy (`trainers.loss`).
         patience: early-stopping patience on ``val_loss`` (best weights restored).
         learning_rate: Adam learning rate.
         batch_size: training batch size.
@@ -35,6 +37,7 @@ class Recipe:
     dropout: float = 0.0
     augment: float = 0.0
     weight_decay: float = 0.0
+    label_smoothing: float = 0.0
     patience: int = 5
     learning_rate: float = 1e-3
     batch_size: int = 64

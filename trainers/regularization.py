@@ -144,43 +144,44 @@ class Strengths(keras.layers.Layer):
     """The identity layer that owns a model's regularization strengths as variables.
 
     A reusable model passes its images through it once (right after rescaling), which makes its
-    variables part of the model's state on every backend. Every kernel uses ``regularizer``
-    and every hidden dropout layer reads ``dropout``, so ``assign`` sets them all at once.
+    variables part of the model's state on every backend. Every kernel uses ``regularizer``,
+    every hidden dropout layer reads ``dropout``, the training loss reads ``label_smoothing``
+    (`trainers.loss.RecipeCrossEntropy`), so ``assign`` sets them all at once.
 
     Args:
         l1: initial L1 strength.
         l2: initial L2 strength.
         dropout: initial dropout rate, in [0, 1).
+        label_smoothing: initial label smoothing, in [0, 1).
         **kwargs: passed to `keras.layers.Layer` (name, dtype, ...).
     """
 
+    # the recipe fields this layer holds, in the order of its variables
+    FIELDS = ("l1", "l2", "dropout", "label_smoothing")
+
     def __init__(
-        self, l1: float = 0.0, l2: float = 0.0, dropout: float = 0.0, **kwargs: Any
+        self, l1: float = 0.0, l2: float = 0.0, dropout: float = 0.0,
+        label_smoothing: float = 0.0, **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-
-        def strength(name: str, value: float) -> keras.Variable:
-            return self.add_weight(
-                name=name, shape=(), initializer=keras.initializers.Constant(float(value)),
+        values = {"l1": l1, "l2": l2, "dropout": dropout, "label_smoothing": label_smoothing}
+        for name in self.FIELDS:
+            setattr(self, name, self.add_weight(
+                name=name, shape=(), initializer=keras.initializers.Constant(float(values[name])),
                 trainable=False, dtype="float32", autocast=False,
-            )
-
-        self.l1 = strength("l1", l1)
-        self.l2 = strength("l2", l2)
-        self.dropout = strength("dropout", dropout)
+            ))
         self.regularizer = VariableL1L2(self.l1, self.l2)
         self.built = True
 
     @classmethod
     def of(cls, recipe: Recipe, **kwargs: Any) -> "Strengths":
-        """Return a layer holding the recipe's l1, l2 and dropout."""
-        return cls(recipe.l1, recipe.l2, recipe.dropout, **kwargs)
+        """Return a layer holding the recipe's values of `FIELDS`."""
+        return cls(**{name: getattr(recipe, name) for name in cls.FIELDS}, **kwargs)
 
     def assign(self, recipe: Recipe) -> None:
-        """Set l1, l2 and dropout to the recipe's values."""
-        for variable, value in ((self.l1, recipe.l1), (self.l2, recipe.l2),
-                                (self.dropout, recipe.dropout)):
-            variable.assign(np.asarray(value, dtype="float32"))
+        """Set every variable to the recipe's value."""
+        for name in self.FIELDS:
+            getattr(self, name).assign(np.asarray(getattr(recipe, name), dtype="float32"))
 
     def call(self, inputs):
         return inputs
@@ -190,8 +191,7 @@ class Strengths(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update({"l1": _read(self.l1), "l2": _read(self.l2),
-                       "dropout": _read(self.dropout)})
+        config.update({name: _read(getattr(self, name)) for name in self.FIELDS})
         return config
 
 
@@ -224,6 +224,23 @@ def dropout(
     return VariableDropout(recipe.dropout, name=name)
 
 
+def training_loss(model: keras.Model, recipe: Recipe) -> keras.losses.Loss | str:
+    """Return the loss the optimizer minimises for ``recipe`` on ``model``.
+
+    The plain sparse cross-entropy for a model without a `Strengths` layer whose recipe has no
+    label smoothing; otherwise a `trainers.loss.RecipeCrossEntropy` reading the smoothing from
+    the model's `Strengths` (a variable, so `assign_strengths` changes it in a compiled model)
+    or, in a plain model, from the recipe.
+    """
+    from trainers.loss import RecipeCrossEntropy
+
+    holders = [layer for layer in _layers(model) if isinstance(layer, Strengths)]
+    if not holders and recipe.label_smoothing == 0.0:
+        return "sparse_categorical_crossentropy"
+    smoothing = holders[0].label_smoothing if holders else recipe.label_smoothing
+    return RecipeCrossEntropy(smoothing)
+
+
 def early_stopping(recipe: Recipe) -> keras.callbacks.EarlyStopping:
     """Return early stopping that restores the best epoch's weights.
 
@@ -252,7 +269,8 @@ def reseed_dropout(model: keras.Model, seed: int) -> int:
 
 
 def assign_strengths(model: keras.Model, recipe: Recipe) -> None:
-    """Set every strength variable of ``model`` to the recipe's: penalties, dropout, augment.
+    """Set every strength variable of ``model`` to the recipe's: penalties, dropout, label
+    smoothing, augment (the weight decay is the optimizer's: `trainers.optimizer`).
 
     Raises:
         ValueError: if the recipe asks for a regularizer the model has no variable for
@@ -270,6 +288,7 @@ def assign_strengths(model: keras.Model, recipe: Recipe) -> None:
             ("l1", "no Strengths layer", holders),
             ("l2", "no Strengths layer", holders),
             ("dropout", "no VariableDropout layer", dropouts),
+            ("label_smoothing", "no Strengths layer", holders),
             ("augment", "no RandomAugment layer", augments),
         )
         if getattr(recipe, key) > 0 and not present

@@ -23,6 +23,7 @@ from trainers.regularization import (
     assign_strengths,
     fixed_penalties,
     reseed_dropout,
+    training_loss,
 )
 
 JitCompile = bool | str
@@ -34,13 +35,15 @@ def compile_model(
     """Compile ``model`` with Adam at the recipe's learning rate and the metrics we report.
 
     The optimizer is `trainers.optimizer.VariableAdamW`: Adam plus the recipe's decoupled
-    weight decay, held in a variable (at 0, exactly Adam). ``jit_compile`` is passed to `keras.Model.compile` ("auto": XLA where Keras thinks it
+    weight decay, held in a variable (at 0, exactly Adam). The loss is
+    `trainers.regularization.training_loss` (label smoothing); the metrics are the plain
+    cross-entropy and accuracy. ``jit_compile`` is passed to `keras.Model.compile` ("auto": XLA where Keras thinks it
     pays, which on the TensorFlow CPU backend means never).
     """
     model.compile(
         optimizer=VariableAdamW(learning_rate=recipe.learning_rate,
                                 weight_decay=recipe.weight_decay),
-        loss="sparse_categorical_crossentropy",
+        loss=training_loss(model, recipe),
         metrics=[
             keras.metrics.SparseCategoricalCrossentropy(name=CROSS_ENTROPY),
             keras.metrics.SparseCategoricalAccuracy(name="accuracy"),

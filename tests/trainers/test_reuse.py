@@ -164,6 +164,9 @@ NEW_STRENGTHS = {
     "weight_decay": [Recipe(weight_decay=0.5, learning_rate=1e-2, batch_size=32),
                      Recipe(learning_rate=1e-2, batch_size=32),
                      Recipe(weight_decay=0.5, learning_rate=1e-2, batch_size=32)],
+    "label_smoothing": [Recipe(label_smoothing=0.2, learning_rate=1e-2, batch_size=32),
+                        Recipe(learning_rate=1e-2, batch_size=32),
+                        Recipe(label_smoothing=0.2, learning_rate=1e-2, batch_size=32)],
 }
 
 
