@@ -2,15 +2,16 @@
 
 Every builder returns an uncompiled functional model::
 
-    Input -> Rescaling(1 / pixel_max) -> RandomAugment(recipe.augment) -> backbone -> Dense softmax
+    Input -> Rescaling(1 / pixel_max) -> RandomAugment(recipe.augment) -> [MixBatch] -> backbone
+          -> Dense softmax
 
 with ``kernel_regularizer(recipe)`` on every Dense and Conv kernel and ``dropout(recipe)`` after
 every dense hidden layer. Layer names are stable ("augment", "conv1", "dense1", "predictions",
 ...), so trainers can find the augmentation layer (``model.get_layer("augment").magnitude``).
 
 ``reusable=True`` builds the same network for `trainers.reuse.Reuse`: a `Strengths` layer named
-"strengths" follows the rescaling, and every penalty and dropout layer is present whatever the
-recipe, reading its strength from that layer's variables (0 is off). The softmax is float32.
+"strengths" follows the rescaling, and every penalty, dropout and mixing layer is present
+whatever the recipe, reading its strength from that layer's variables (0 is off). The softmax is float32.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import keras
 from trainers.augment import RandomAugment
 from trainers.layers import LocalResponseNormalization
 from trainers.recipe import Recipe
-from trainers.regularization import Strengths, dropout, kernel_regularizer
+from trainers.regularization import Strengths, dropout, kernel_regularizer, mixing
 
 
 def _check(name: str, input_shape: tuple[int, int, int], n_classes: int, **ranges: Any) -> None:
@@ -52,12 +53,15 @@ def _stem(
     seed: int | None,
     strengths: Strengths | None,
 ) -> tuple[keras.KerasTensor, keras.KerasTensor]:
-    """Input, rescaled to [0, 1] and augmented (only while training)."""
+    """Input, rescaled to [0, 1], augmented and mixed (mixup, cutmix; only while training)."""
     inputs = keras.Input(tuple(input_shape), name="images")
     x = keras.layers.Rescaling(1.0 / pixel_max, name="rescaling")(inputs)
     if strengths is not None:
         x = strengths(x)
     x = RandomAugment(recipe.augment, preset=augment_preset, seed=seed, name="augment")(x)
+    mix = mixing(recipe, strengths)
+    if mix is not None:
+        x = mix(x)
     return inputs, x
 
 

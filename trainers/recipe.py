@@ -26,6 +26,10 @@ class Recipe:
             shrinks a kernel by ``learning_rate * weight_decay`` (`trainers.optimizer`).
         label_smoothing: label smoothing of the training loss, in [0, 1); the reported and
             validation losses stay the plain cross-entropy (`trainers.loss`).
+        mixup: mixup's alpha in [0, 10]: each training batch is blended with itself reversed
+            at a weight drawn from Beta(alpha, alpha), labels alike (`trainers.mix`).
+        cutmix: cutmix's alpha in [0, 10]: a box of the reversed batch is pasted in, labels
+            weighted by area. With both on, each batch uses one of them at random.
         patience: early-stopping patience on ``val_loss`` (best weights restored).
         learning_rate: Adam learning rate.
         batch_size: training batch size.
@@ -38,6 +42,8 @@ class Recipe:
     augment: float = 0.0
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
     patience: int = 5
     learning_rate: float = 1e-3
     batch_size: int = 64

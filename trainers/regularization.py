@@ -146,25 +146,29 @@ class Strengths(keras.layers.Layer):
     A reusable model passes its images through it once (right after rescaling), which makes its
     variables part of the model's state on every backend. Every kernel uses ``regularizer``,
     every hidden dropout layer reads ``dropout``, the training loss reads ``label_smoothing``
-    (`trainers.loss.RecipeCrossEntropy`), so ``assign`` sets them all at once.
+    (`trainers.loss.RecipeCrossEntropy`) and the `trainers.mix.MixBatch` layer ``mixup`` and
+    ``cutmix``, so ``assign`` sets them all at once.
 
     Args:
         l1: initial L1 strength.
         l2: initial L2 strength.
         dropout: initial dropout rate, in [0, 1).
         label_smoothing: initial label smoothing, in [0, 1).
+        mixup: initial mixup alpha, >= 0.
+        cutmix: initial cutmix alpha, >= 0.
         **kwargs: passed to `keras.layers.Layer` (name, dtype, ...).
     """
 
     # the recipe fields this layer holds, in the order of its variables
-    FIELDS = ("l1", "l2", "dropout", "label_smoothing")
+    FIELDS = ("l1", "l2", "dropout", "label_smoothing", "mixup", "cutmix")
 
     def __init__(
         self, l1: float = 0.0, l2: float = 0.0, dropout: float = 0.0,
-        label_smoothing: float = 0.0, **kwargs: Any,
+        label_smoothing: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0, **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        values = {"l1": l1, "l2": l2, "dropout": dropout, "label_smoothing": label_smoothing}
+        values = {"l1": l1, "l2": l2, "dropout": dropout, "label_smoothing": label_smoothing,
+                  "mixup": mixup, "cutmix": cutmix}
         for name in self.FIELDS:
             setattr(self, name, self.add_weight(
                 name=name, shape=(), initializer=keras.initializers.Constant(float(values[name])),
@@ -224,21 +228,42 @@ def dropout(
     return VariableDropout(recipe.dropout, name=name)
 
 
+def mixing(recipe: Recipe, strengths: Strengths | None = None) -> keras.layers.Layer | None:
+    """Return the mixup/cutmix layer placed after the augmentation, or None when both are off.
+
+    With ``strengths`` it always returns a `trainers.mix.MixBatch` reading
+    ``strengths.mixup`` and ``strengths.cutmix`` (0 is off).
+    """
+    from trainers.mix import MixBatch
+
+    if strengths is not None:
+        return MixBatch(strengths.mixup, strengths.cutmix, name="mix")
+    if recipe.mixup == 0.0 and recipe.cutmix == 0.0:
+        return None
+    return MixBatch(recipe.mixup, recipe.cutmix, name="mix")
+
+
 def training_loss(model: keras.Model, recipe: Recipe) -> keras.losses.Loss | str:
     """Return the loss the optimizer minimises for ``recipe`` on ``model``.
 
-    The plain sparse cross-entropy for a model without a `Strengths` layer whose recipe has no
-    label smoothing; otherwise a `trainers.loss.RecipeCrossEntropy` reading the smoothing from
-    the model's `Strengths` (a variable, so `assign_strengths` changes it in a compiled model)
-    or, in a plain model, from the recipe.
+    The plain sparse cross-entropy for a model without a `Strengths` or `MixBatch` layer whose
+    recipe has no label smoothing; otherwise a `trainers.loss.RecipeCrossEntropy` reading the
+    smoothing from the model's `Strengths` (a variable, so `assign_strengths` changes it in a
+    compiled model) or, in a plain model, from the recipe, and the label weight of the model's
+    `MixBatch` layer.
     """
     from trainers.loss import RecipeCrossEntropy
+    from trainers.mix import MixBatch
 
-    holders = [layer for layer in _layers(model) if isinstance(layer, Strengths)]
-    if not holders and recipe.label_smoothing == 0.0:
+    layers = list(_layers(model))
+    holders = [layer for layer in layers if isinstance(layer, Strengths)]
+    mixes = [layer for layer in layers if isinstance(layer, MixBatch)]
+    if len(mixes) > 1:
+        raise ValueError(f"model {model.name!r} has {len(mixes)} MixBatch layers; expected one.")
+    if not holders and not mixes and recipe.label_smoothing == 0.0:
         return "sparse_categorical_crossentropy"
     smoothing = holders[0].label_smoothing if holders else recipe.label_smoothing
-    return RecipeCrossEntropy(smoothing)
+    return RecipeCrossEntropy(smoothing, mixes[0].label_weight if mixes else None)
 
 
 def early_stopping(recipe: Recipe) -> keras.callbacks.EarlyStopping:
@@ -255,33 +280,46 @@ def early_stopping(recipe: Recipe) -> keras.callbacks.EarlyStopping:
 
 
 def reseed_dropout(model: keras.Model, seed: int) -> int:
-    """Restart the random stream of every `VariableDropout` in ``model`` from ``seed``.
+    """Restart the random stream of every `VariableDropout` and `MixBatch` in ``model`` from
+    ``seed``.
 
-    The streams depend on the seed and the layer's position only, so a model built afresh and
-    a reused one drop the same units. Returns the number of layers reseeded.
+    The streams depend on the seed, the kind of layer and its position among the layers of
+    that kind only, so a model built afresh and a reused one (which has dropout layers at
+    rate 0) drop the same units and mix the same pairs. Returns the number of layers
+    reseeded.
     """
-    layers = [layer for layer in _layers(model) if isinstance(layer, VariableDropout)]
-    for index, layer in enumerate(layers):
-        state = layer.seed_generator.state
-        mixed = (int(seed) * 1_000_003 + index * 7_919 + 12_345) % (2**31 - 1)
-        state.assign(np.asarray([mixed, 0], dtype=keras.backend.standardize_dtype(state.dtype)))
-    return len(layers)
+    from trainers.mix import MixBatch
+
+    layers = list(_layers(model))
+    count = 0
+    for kind, salt in ((VariableDropout, 12_345), (MixBatch, 54_321)):
+        for index, layer in enumerate(x for x in layers if isinstance(x, kind)):
+            state = layer.seed_generator.state
+            mixed = (int(seed) * 1_000_003 + index * 7_919 + salt) % (2**31 - 1)
+            state.assign(
+                np.asarray([mixed, 0], dtype=keras.backend.standardize_dtype(state.dtype))
+            )
+            count += 1
+    return count
 
 
 def assign_strengths(model: keras.Model, recipe: Recipe) -> None:
     """Set every strength variable of ``model`` to the recipe's: penalties, dropout, label
-    smoothing, augment (the weight decay is the optimizer's: `trainers.optimizer`).
+    smoothing, mixup, cutmix, augment (the weight decay is the optimizer's:
+    `trainers.optimizer`).
 
     Raises:
         ValueError: if the recipe asks for a regularizer the model has no variable for
             (build the model with ``reusable=True``).
     """
     from trainers.augment import RandomAugment
+    from trainers.mix import MixBatch
 
     layers = list(_layers(model))
     holders = [layer for layer in layers if isinstance(layer, Strengths)]
     dropouts = [layer for layer in layers if isinstance(layer, VariableDropout)]
     augments = [layer for layer in layers if isinstance(layer, RandomAugment)]
+    mixes = [layer for layer in layers if isinstance(layer, MixBatch)]
     missing = [
         f"{key}={getattr(recipe, key)!r} ({what})"
         for key, what, present in (
@@ -289,6 +327,8 @@ def assign_strengths(model: keras.Model, recipe: Recipe) -> None:
             ("l2", "no Strengths layer", holders),
             ("dropout", "no VariableDropout layer", dropouts),
             ("label_smoothing", "no Strengths layer", holders),
+            ("mixup", "no MixBatch layer", mixes),
+            ("cutmix", "no MixBatch layer", mixes),
             ("augment", "no RandomAugment layer", augments),
         )
         if getattr(recipe, key) > 0 and not present
@@ -304,6 +344,9 @@ def assign_strengths(model: keras.Model, recipe: Recipe) -> None:
         layer.rate_variable.assign(np.asarray(recipe.dropout, dtype="float32"))
     for layer in augments:
         layer.magnitude.assign(np.asarray(recipe.augment, dtype="float32"))
+    for layer in mixes:
+        layer.mixup.assign(np.asarray(recipe.mixup, dtype="float32"))
+        layer.cutmix.assign(np.asarray(recipe.cutmix, dtype="float32"))
 
 
 def fixed_penalties(model: keras.Model) -> list[str]:

@@ -167,6 +167,9 @@ NEW_STRENGTHS = {
     "label_smoothing": [Recipe(label_smoothing=0.2, learning_rate=1e-2, batch_size=32),
                         Recipe(learning_rate=1e-2, batch_size=32),
                         Recipe(label_smoothing=0.2, learning_rate=1e-2, batch_size=32)],
+    "mixup_cutmix": [Recipe(mixup=0.4, cutmix=1.0, learning_rate=1e-2, batch_size=32),
+                     Recipe(learning_rate=1e-2, batch_size=32),
+                     Recipe(mixup=0.4, cutmix=1.0, learning_rate=1e-2, batch_size=32)],
 }
 
 
