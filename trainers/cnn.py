@@ -24,6 +24,7 @@ from trainers.augment import RandomAugment
 from trainers.layers import LocalResponseNormalization
 from trainers.recipe import Recipe
 from trainers.regularization import Strengths, dropout, kernel_regularizer, mixing
+from trainers.whitening import Whiten
 
 
 def _check(name: str, input_shape: tuple[int, int, int], n_classes: int, **ranges: Any) -> None:
@@ -52,8 +53,10 @@ def _stem(
     augment_preset: str,
     seed: int | None,
     strengths: Strengths | None,
+    zca_epsilon: float | None = None,
 ) -> tuple[keras.KerasTensor, keras.KerasTensor]:
-    """Input, rescaled to [0, 1], augmented and mixed (mixup, cutmix; only while training)."""
+    """Input, rescaled to [0, 1], augmented and mixed (mixup, cutmix; only while training),
+    then ZCA-whitened when ``zca_epsilon`` is given (`trainers.whitening`)."""
     inputs = keras.Input(tuple(input_shape), name="images")
     x = keras.layers.Rescaling(1.0 / pixel_max, name="rescaling")(inputs)
     if strengths is not None:
@@ -62,6 +65,8 @@ def _stem(
     mix = mixing(recipe, strengths)
     if mix is not None:
         x = mix(x)
+    if zca_epsilon is not None:
+        x = Whiten(zca_epsilon, name="zca")(x)
     return inputs, x
 
 
@@ -93,6 +98,7 @@ def build_seed_cnn(
     width: float = 1.0,
     seed: int | None = None,
     reusable: bool = False,
+    zca_epsilon: float | None = None,
 ) -> keras.Model:
     """Build the AlexNet-like reference CNN the hand-picked baselines were measured on.
 
@@ -111,6 +117,8 @@ def build_seed_cnn(
         width: multiplier on every filter and unit count (tests use a tiny network).
         seed: seed of the augmentation layer.
         reusable: build every penalty and dropout layer with variable strengths (module doc).
+        zca_epsilon: ZCA whitening after the augmentation with this epsilon
+            (`trainers.whitening`); None: none.
 
     Returns:
         An uncompiled `keras.Model`.
@@ -120,7 +128,8 @@ def build_seed_cnn(
     """
     _check("build_seed_cnn", input_shape, n_classes, width=width, conv_dropout=conv_dropout)
     strengths = _strengths(recipe, reusable)
-    inputs, x = _stem(input_shape, recipe, pixel_max, augment_preset, seed, strengths)
+    inputs, x = _stem(input_shape, recipe, pixel_max, augment_preset, seed, strengths,
+                      zca_epsilon)
     convolutions = [  # filters, kernel size, LRN after, pooling after
         (64, 11, True, True),
         (192, 5, True, True),
@@ -200,6 +209,7 @@ def build_small_resnet(
     width: float = 1.0,
     seed: int | None = None,
     reusable: bool = False,
+    zca_epsilon: float | None = None,
 ) -> keras.Model:
     """Build a small ResNet for 64x64 images: about 0.7M parameters at width 1.
 
@@ -212,7 +222,8 @@ def build_small_resnet(
     """
     _check("build_small_resnet", input_shape, n_classes, width=width)
     strengths = _strengths(recipe, reusable)
-    inputs, x = _stem(input_shape, recipe, pixel_max, augment_preset, seed, strengths)
+    inputs, x = _stem(input_shape, recipe, pixel_max, augment_preset, seed, strengths,
+                      zca_epsilon)
     x = keras.layers.Conv2D(
         _scaled(32, width),
         3,
@@ -273,6 +284,7 @@ def build_efficientnet_b0(
     augment_preset: str = "natural",
     seed: int | None = None,
     reusable: bool = False,
+    zca_epsilon: float | None = None,
 ) -> keras.Model:
     """Build EfficientNet-B0 from scratch (``weights=None``, nothing downloaded).
 
@@ -294,7 +306,8 @@ def build_efficientnet_b0(
             "EfficientNet needs height and width >= 32."
         )
     strengths = _strengths(recipe, reusable)
-    inputs, x = _stem(input_shape, recipe, pixel_max, augment_preset, seed, strengths)
+    inputs, x = _stem(input_shape, recipe, pixel_max, augment_preset, seed, strengths,
+                      zca_epsilon)
     x = keras.layers.Rescaling(255.0, name="efficientnet_scale")(x)
     backbone = keras.applications.EfficientNetB0(
         include_top=False, weights=None, input_shape=tuple(input_shape), pooling="avg"

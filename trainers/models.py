@@ -9,6 +9,7 @@ import keras
 from trainers.augment import RandomAugment
 from trainers.recipe import Recipe
 from trainers.regularization import Strengths, dropout, kernel_regularizer, mixing
+from trainers.whitening import Whiten
 
 Builder = Callable[..., keras.Model]
 
@@ -23,6 +24,7 @@ def build_mlp(
     hidden_layers: int = 5,
     units: int = 500,
     reusable: bool = False,
+    zca_epsilon: float | None = None,
 ) -> keras.Model:
     """Return the reference MLP: ``hidden_layers`` dense ReLU layers of ``units``, softmax.
 
@@ -30,7 +32,8 @@ def build_mlp(
     so the augmentation magnitude means the same thing as for the CNNs (mixup and cutmix
     follow the augmentation). With ``reusable`` every penalty, dropout and mixing layer is
     present and reads its strength from a `Strengths` layer named "strengths" (see
-    `trainers.reuse.Reuse`).
+    `trainers.reuse.Reuse`). ``zca_epsilon`` adds ZCA whitening after them
+    (`trainers.whitening`; its statistics are set per fold by the trainer).
     """
     strengths = Strengths.of(recipe, name="strengths") if reusable else None
     reg = kernel_regularizer(recipe, strengths)
@@ -42,6 +45,8 @@ def build_mlp(
     mix = mixing(recipe, strengths)
     if mix is not None:
         x = mix(x)
+    if zca_epsilon is not None:
+        x = Whiten(zca_epsilon, name="zca")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     for i in range(hidden_layers):
         x = keras.layers.Dense(units, activation="relu", kernel_regularizer=reg, name=f"dense_{i}")(x)
