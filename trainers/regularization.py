@@ -1,10 +1,12 @@
 """Turn a recipe's strengths into Keras regularization: kernel penalties, dropout, early stopping.
 
 Two ways to build a model. The plain way bakes a recipe in: a penalty only when l1 or l2 > 0,
-dropout layers only when the rate is > 0. The reusable way (``strengths=`` a `Strengths` layer)
-always puts in every penalty and dropout layer and reads their strengths from variables, so one
-compiled model serves every recipe: strength 0 is off, and ``Strengths.assign(recipe)`` changes
-them without rebuilding or recompiling (see `trainers.reuse`).
+dropout and mixing layers only when their strength is > 0. The reusable way (``strengths=`` a
+`Strengths` layer) always puts in every penalty, dropout and mixing layer and reads their
+strengths from variables, so one compiled model serves every recipe: strength 0 is off, and
+``Strengths.assign(recipe)`` changes them without rebuilding or recompiling (see
+`trainers.reuse`). The training loss (label smoothing, mixed labels) is `training_loss`; the
+weight decay belongs to the optimizer (`trainers.optimizer`).
 """
 
 from __future__ import annotations
