@@ -58,6 +58,22 @@ def _zca_state(model: keras.Model) -> tuple[np.ndarray, np.ndarray]:
     return (keras.ops.convert_to_numpy(layer.mean), keras.ops.convert_to_numpy(layer.matrix))
 
 
+def test_whitening_statistics_are_computed_once_per_set_of_images(monkeypatch):
+    import trainers.whitening as whitening
+
+    calls = []
+    monkeypatch.setattr(whitening, "zca_statistics",
+                        lambda x, epsilon: calls.append(1) or zca_statistics(x, epsilon))
+    x = _correlated(64)
+    inputs = keras.Input(x.shape[1:])
+    model = keras.Model(inputs, Whiten(0.5, name="zca")(inputs))
+    for images in (x, x[:32], x, x[:32]):
+        fit_whitening(model, images, pixel_max=1.0)
+        np.testing.assert_allclose(_zca_state(model)[0], images.reshape(len(images), -1).mean(0),
+                                   atol=1e-5)
+    assert len(calls) == 2
+
+
 def test_cross_validation_fits_whitening_on_each_folds_training_part_only():
     data = load_digits().subset(np.arange(300))
     folds = stratified_folds(data.y, 3, seed=0)
