@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 
+from trainers import whitening
 from trainers.data import load_digits
 from trainers.fit import cross_validate, train_final
 from trainers.kfold import stratified_folds
@@ -59,8 +60,6 @@ def _zca_state(model: keras.Model) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_whitening_statistics_are_computed_once_per_set_of_images(monkeypatch):
-    import trainers.whitening as whitening
-
     calls = []
     monkeypatch.setattr(whitening, "zca_statistics",
                         lambda x, epsilon: calls.append(1) or zca_statistics(x, epsilon))
