@@ -117,6 +117,8 @@ def model_from_recipe(path_or_document: str | Path | dict[str, Any], *, compile:
     data = document["data"]
     model_options.setdefault("pixel_max", data["pixel_max"])
     model_options.setdefault("augment_preset", data.get("augment_preset", "natural"))
+    if data.get("zca_epsilon") is not None:  # its statistics: trainers.whitening.fit_whitening
+        model_options.setdefault("zca_epsilon", data["zca_epsilon"])
     model = build_model(name, tuple(data["input_shape"]), data["n_classes"], recipe, **model_options)
     if compile:
         compile_model(model, recipe)

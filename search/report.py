@@ -180,7 +180,8 @@ def report_markdown(report: dict[str, Any], title: str) -> str:
     for r in rows:
         x = r["recipe"]
         lines.append(f"| {r['label']} | "
-                     + " | ".join(f"{x[s.name]:.3g}" for s in REGULARIZERS) + " |")
+                     # a recipe stored before a regularizer existed had it off
+                     + " | ".join(f"{x.get(s.name, s.off):.3g}" for s in REGULARIZERS) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -48,8 +48,9 @@ def parser() -> argparse.ArgumentParser:
                         "--set model.name=small_resnet (repeatable)")
     launcher.add_argument("--baselines", metavar="SET",
                           help="also cross-validate a set of hand-picked recipes ('reference': "
-                               "the five of the reference report), logged as child runs tagged "
-                               "'baseline'")
+                               "the five of the reference report; 'modern': those five plus "
+                               "AdamW weight decay, label smoothing, mixup, cutmix, and all "
+                               "together), logged as child runs tagged 'baseline'")
     p.add_argument("--no-report", action="store_false", dest="report",
                    help="skip retraining the selected recipe and baselines on the whole training "
                         "split and scoring the held-out split")

@@ -82,6 +82,8 @@ def model_builder(config: StudyConfig, data: StudyData) -> Callable[..., Any]:
     options = dict(config.spec.model)
     name = options.pop("name")
     options.setdefault("augment_preset", data.augment_preset)
+    if data.zca_epsilon is not None:
+        options.setdefault("zca_epsilon", data.zca_epsilon)
     return functools.partial(build_model, name, data.train.image_shape, data.train.n_classes,
                              pixel_max=data.train.pixel_max, **options)
 

@@ -63,6 +63,16 @@ STRENGTHS: tuple[Strength, ...] = (
     Strength("l2", float, 0.0, off=0.0, label="l2"),
     Strength("dropout", float, 0.0, 1.0, high_open=True, off=0.0, label="dropout"),
     Strength("augment", float, 0.0, 1.0, off=0.0, label="augment"),
+    # decoupled (AdamW) decay per step is learning_rate * weight_decay, as in Keras and
+    # PyTorch; AdamW recipes use 0.01-0.3, and 1 is far beyond them
+    Strength("weight_decay", float, 0.0, 1.0, off=0.0, label="weight_decay"),
+    # at 1 every target is uniform and nothing is learned
+    Strength("label_smoothing", float, 0.0, 1.0, high_open=True, off=0.0,
+             label="label_smoothing"),
+    # the alpha of Beta(alpha, alpha) that draws each batch's mixing weight; the papers use
+    # 0.1-2, and at 10 the weight already stays within about 0.11 of 1/2
+    Strength("mixup", float, 0.0, 10.0, off=0.0, label="mixup"),
+    Strength("cutmix", float, 0.0, 10.0, off=0.0, label="cutmix"),
     Strength("patience", int, 1, label="patience"),
     Strength("learning_rate", float, 0.0, low_open=True),
     Strength("batch_size", int, 1),

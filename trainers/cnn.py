@@ -2,15 +2,16 @@
 
 Every builder returns an uncompiled functional model::
 
-    Input -> Rescaling(1 / pixel_max) -> RandomAugment(recipe.augment) -> backbone -> Dense softmax
+    Input -> Rescaling(1 / pixel_max) -> RandomAugment(recipe.augment) -> [MixBatch] -> backbone
+          -> Dense softmax
 
 with ``kernel_regularizer(recipe)`` on every Dense and Conv kernel and ``dropout(recipe)`` after
 every dense hidden layer. Layer names are stable ("augment", "conv1", "dense1", "predictions",
 ...), so trainers can find the augmentation layer (``model.get_layer("augment").magnitude``).
 
 ``reusable=True`` builds the same network for `trainers.reuse.Reuse`: a `Strengths` layer named
-"strengths" follows the rescaling, and every penalty and dropout layer is present whatever the
-recipe, reading its strength from that layer's variables (0 is off). The softmax is float32.
+"strengths" follows the rescaling, and every penalty, dropout and mixing layer is present
+whatever the recipe, reading its strength from that layer's variables (0 is off). The softmax is float32.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import keras
 from trainers.augment import RandomAugment
 from trainers.layers import LocalResponseNormalization
 from trainers.recipe import Recipe
-from trainers.regularization import Strengths, dropout, kernel_regularizer
+from trainers.regularization import Strengths, dropout, kernel_regularizer, mixing
+from trainers.whitening import Whiten
 
 
 def _check(name: str, input_shape: tuple[int, int, int], n_classes: int, **ranges: Any) -> None:
@@ -51,13 +53,20 @@ def _stem(
     augment_preset: str,
     seed: int | None,
     strengths: Strengths | None,
+    zca_epsilon: float | None = None,
 ) -> tuple[keras.KerasTensor, keras.KerasTensor]:
-    """Input, rescaled to [0, 1] and augmented (only while training)."""
+    """Input, rescaled to [0, 1], augmented and mixed (mixup, cutmix; only while training),
+    then ZCA-whitened when ``zca_epsilon`` is given (`trainers.whitening`)."""
     inputs = keras.Input(tuple(input_shape), name="images")
     x = keras.layers.Rescaling(1.0 / pixel_max, name="rescaling")(inputs)
     if strengths is not None:
         x = strengths(x)
     x = RandomAugment(recipe.augment, preset=augment_preset, seed=seed, name="augment")(x)
+    mix = mixing(recipe, strengths)
+    if mix is not None:
+        x = mix(x)
+    if zca_epsilon is not None:
+        x = Whiten(zca_epsilon, name="zca")(x)
     return inputs, x
 
 
@@ -89,6 +98,7 @@ def build_seed_cnn(
     width: float = 1.0,
     seed: int | None = None,
     reusable: bool = False,
+    zca_epsilon: float | None = None,
 ) -> keras.Model:
     """Build the AlexNet-like reference CNN the hand-picked baselines were measured on.
 
@@ -107,6 +117,8 @@ def build_seed_cnn(
         width: multiplier on every filter and unit count (tests use a tiny network).
         seed: seed of the augmentation layer.
         reusable: build every penalty and dropout layer with variable strengths (module doc).
+        zca_epsilon: ZCA whitening after the augmentation with this epsilon
+            (`trainers.whitening`); None: none.
 
     Returns:
         An uncompiled `keras.Model`.
@@ -116,7 +128,8 @@ def build_seed_cnn(
     """
     _check("build_seed_cnn", input_shape, n_classes, width=width, conv_dropout=conv_dropout)
     strengths = _strengths(recipe, reusable)
-    inputs, x = _stem(input_shape, recipe, pixel_max, augment_preset, seed, strengths)
+    inputs, x = _stem(input_shape, recipe, pixel_max, augment_preset, seed, strengths,
+                      zca_epsilon)
     convolutions = [  # filters, kernel size, LRN after, pooling after
         (64, 11, True, True),
         (192, 5, True, True),
@@ -196,6 +209,7 @@ def build_small_resnet(
     width: float = 1.0,
     seed: int | None = None,
     reusable: bool = False,
+    zca_epsilon: float | None = None,
 ) -> keras.Model:
     """Build a small ResNet for 64x64 images: about 0.7M parameters at width 1.
 
@@ -208,7 +222,8 @@ def build_small_resnet(
     """
     _check("build_small_resnet", input_shape, n_classes, width=width)
     strengths = _strengths(recipe, reusable)
-    inputs, x = _stem(input_shape, recipe, pixel_max, augment_preset, seed, strengths)
+    inputs, x = _stem(input_shape, recipe, pixel_max, augment_preset, seed, strengths,
+                      zca_epsilon)
     x = keras.layers.Conv2D(
         _scaled(32, width),
         3,
@@ -269,6 +284,7 @@ def build_efficientnet_b0(
     augment_preset: str = "natural",
     seed: int | None = None,
     reusable: bool = False,
+    zca_epsilon: float | None = None,
 ) -> keras.Model:
     """Build EfficientNet-B0 from scratch (``weights=None``, nothing downloaded).
 
@@ -290,7 +306,8 @@ def build_efficientnet_b0(
             "EfficientNet needs height and width >= 32."
         )
     strengths = _strengths(recipe, reusable)
-    inputs, x = _stem(input_shape, recipe, pixel_max, augment_preset, seed, strengths)
+    inputs, x = _stem(input_shape, recipe, pixel_max, augment_preset, seed, strengths,
+                      zca_epsilon)
     x = keras.layers.Rescaling(255.0, name="efficientnet_scale")(x)
     backbone = keras.applications.EfficientNetB0(
         include_top=False, weights=None, input_shape=tuple(input_shape), pooling="avg"

@@ -16,6 +16,7 @@ from trainers.kfold import Fold
 from trainers.recipe import Recipe
 from trainers.regularization import early_stopping
 from trainers.reuse import CROSS_ENTROPY, Models, SeedAtTrainBegin, as_models, compile_model
+from trainers.whitening import fit_whitening
 
 __all__ = [
     "CHANCE_TOLERANCE", "CROSS_ENTROPY", "CVResult", "Diverged", "EpochMetrics", "FinalResult",
@@ -173,6 +174,7 @@ def cross_validate(
         reporter = _Reporter(fold.index, recipe.max_epochs, on_epoch)
         stopper = early_stopping(recipe)
         train, val = data.subset(fold.train), data.subset(fold.val)
+        fit_whitening(model, train.x, train.pixel_max)  # from the training part only
         start = time.perf_counter()
         history = model.fit(
             train.x, train.y,
@@ -367,6 +369,7 @@ def train_final(
         training).
     """
     model = as_models(models).prepare(recipe, seed)
+    fit_whitening(model, train.x, train.pixel_max)  # never from the held-out images
     history = model.fit(
         train.x, train.y,
         validation_data=(heldout.x, heldout.y),

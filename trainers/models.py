@@ -8,7 +8,8 @@ import keras
 
 from trainers.augment import RandomAugment
 from trainers.recipe import Recipe
-from trainers.regularization import Strengths, dropout, kernel_regularizer
+from trainers.regularization import Strengths, dropout, kernel_regularizer, mixing
+from trainers.whitening import Whiten
 
 Builder = Callable[..., keras.Model]
 
@@ -23,13 +24,16 @@ def build_mlp(
     hidden_layers: int = 5,
     units: int = 500,
     reusable: bool = False,
+    zca_epsilon: float | None = None,
 ) -> keras.Model:
     """Return the reference MLP: ``hidden_layers`` dense ReLU layers of ``units``, softmax.
 
     Images are scaled to [0, 1] and augmented (training only) before they are flattened,
-    so the augmentation magnitude means the same thing as for the CNNs. With ``reusable`` every
-    penalty and dropout layer is present and reads its strength from a `Strengths` layer
-    named "strengths" (see `trainers.reuse.Reuse`).
+    so the augmentation magnitude means the same thing as for the CNNs (mixup and cutmix
+    follow the augmentation). With ``reusable`` every penalty, dropout and mixing layer is
+    present and reads its strength from a `Strengths` layer named "strengths" (see
+    `trainers.reuse.Reuse`). ``zca_epsilon`` adds ZCA whitening after them
+    (`trainers.whitening`; its statistics are set per fold by the trainer).
     """
     strengths = Strengths.of(recipe, name="strengths") if reusable else None
     reg = kernel_regularizer(recipe, strengths)
@@ -38,6 +42,11 @@ def build_mlp(
     if strengths is not None:
         x = strengths(x)
     x = RandomAugment(recipe.augment, preset=augment_preset, name="augment")(x)
+    mix = mixing(recipe, strengths)
+    if mix is not None:
+        x = mix(x)
+    if zca_epsilon is not None:
+        x = Whiten(zca_epsilon, name="zca")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     for i in range(hidden_layers):
         x = keras.layers.Dense(units, activation="relu", kernel_regularizer=reg, name=f"dense_{i}")(x)

@@ -1,10 +1,12 @@
 """Turn a recipe's strengths into Keras regularization: kernel penalties, dropout, early stopping.
 
 Two ways to build a model. The plain way bakes a recipe in: a penalty only when l1 or l2 > 0,
-dropout layers only when the rate is > 0. The reusable way (``strengths=`` a `Strengths` layer)
-always puts in every penalty and dropout layer and reads their strengths from variables, so one
-compiled model serves every recipe: strength 0 is off, and ``Strengths.assign(recipe)`` changes
-them without rebuilding or recompiling (see `trainers.reuse`).
+dropout and mixing layers only when their strength is > 0. The reusable way (``strengths=`` a
+`Strengths` layer) always puts in every penalty, dropout and mixing layer and reads their
+strengths from variables, so one compiled model serves every recipe: strength 0 is off, and
+``Strengths.assign(recipe)`` changes them without rebuilding or recompiling (see
+`trainers.reuse`). The training loss (label smoothing, mixed labels) is `training_loss`; the
+weight decay belongs to the optimizer (`trainers.optimizer`).
 """
 
 from __future__ import annotations
@@ -144,43 +146,48 @@ class Strengths(keras.layers.Layer):
     """The identity layer that owns a model's regularization strengths as variables.
 
     A reusable model passes its images through it once (right after rescaling), which makes its
-    variables part of the model's state on every backend. Every kernel uses ``regularizer``
-    and every hidden dropout layer reads ``dropout``, so ``assign`` sets them all at once.
+    variables part of the model's state on every backend. Every kernel uses ``regularizer``,
+    every hidden dropout layer reads ``dropout``, the training loss reads ``label_smoothing``
+    (`trainers.loss.RecipeCrossEntropy`) and the `trainers.mix.MixBatch` layer ``mixup`` and
+    ``cutmix``, so ``assign`` sets them all at once.
 
     Args:
         l1: initial L1 strength.
         l2: initial L2 strength.
         dropout: initial dropout rate, in [0, 1).
+        label_smoothing: initial label smoothing, in [0, 1).
+        mixup: initial mixup alpha, >= 0.
+        cutmix: initial cutmix alpha, >= 0.
         **kwargs: passed to `keras.layers.Layer` (name, dtype, ...).
     """
 
+    # the recipe fields this layer holds, in the order of its variables
+    FIELDS = ("l1", "l2", "dropout", "label_smoothing", "mixup", "cutmix")
+
     def __init__(
-        self, l1: float = 0.0, l2: float = 0.0, dropout: float = 0.0, **kwargs: Any
+        self, l1: float = 0.0, l2: float = 0.0, dropout: float = 0.0,
+        label_smoothing: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0, **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-
-        def strength(name: str, value: float) -> keras.Variable:
-            return self.add_weight(
-                name=name, shape=(), initializer=keras.initializers.Constant(float(value)),
+        values = {"l1": l1, "l2": l2, "dropout": dropout, "label_smoothing": label_smoothing,
+                  "mixup": mixup, "cutmix": cutmix}
+        for name in self.FIELDS:
+            setattr(self, name, self.add_weight(
+                name=name, shape=(), initializer=keras.initializers.Constant(float(values[name])),
                 trainable=False, dtype="float32", autocast=False,
-            )
-
-        self.l1 = strength("l1", l1)
-        self.l2 = strength("l2", l2)
-        self.dropout = strength("dropout", dropout)
+            ))
         self.regularizer = VariableL1L2(self.l1, self.l2)
         self.built = True
 
     @classmethod
     def of(cls, recipe: Recipe, **kwargs: Any) -> "Strengths":
-        """Return a layer holding the recipe's l1, l2 and dropout."""
-        return cls(recipe.l1, recipe.l2, recipe.dropout, **kwargs)
+        """Return a layer holding the recipe's values of `FIELDS`."""
+        return cls(**{name: getattr(recipe, name) for name in cls.FIELDS}, **kwargs)
 
     def assign(self, recipe: Recipe) -> None:
-        """Set l1, l2 and dropout to the recipe's values."""
-        for variable, value in ((self.l1, recipe.l1), (self.l2, recipe.l2),
-                                (self.dropout, recipe.dropout)):
-            variable.assign(np.asarray(value, dtype="float32"))
+        """Set every variable to the recipe's value."""
+        for name in self.FIELDS:
+            getattr(self, name).assign(np.asarray(getattr(recipe, name), dtype="float32"))
 
     def call(self, inputs):
         return inputs
@@ -190,8 +197,7 @@ class Strengths(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update({"l1": _read(self.l1), "l2": _read(self.l2),
-                       "dropout": _read(self.dropout)})
+        config.update({name: _read(getattr(self, name)) for name in self.FIELDS})
         return config
 
 
@@ -224,6 +230,44 @@ def dropout(
     return VariableDropout(recipe.dropout, name=name)
 
 
+def mixing(recipe: Recipe, strengths: Strengths | None = None) -> keras.layers.Layer | None:
+    """Return the mixup/cutmix layer placed after the augmentation, or None when both are off.
+
+    With ``strengths`` it always returns a `trainers.mix.MixBatch` reading
+    ``strengths.mixup`` and ``strengths.cutmix`` (0 is off).
+    """
+    from trainers.mix import MixBatch
+
+    if strengths is not None:
+        return MixBatch(strengths.mixup, strengths.cutmix, name="mix")
+    if recipe.mixup == 0.0 and recipe.cutmix == 0.0:
+        return None
+    return MixBatch(recipe.mixup, recipe.cutmix, name="mix")
+
+
+def training_loss(model: keras.Model, recipe: Recipe) -> keras.losses.Loss | str:
+    """Return the loss the optimizer minimises for ``recipe`` on ``model``.
+
+    The plain sparse cross-entropy for a model without a `Strengths` or `MixBatch` layer whose
+    recipe has no label smoothing; otherwise a `trainers.loss.RecipeCrossEntropy` reading the
+    smoothing from the model's `Strengths` (a variable, so `assign_strengths` changes it in a
+    compiled model) or, in a plain model, from the recipe, and the label weight of the model's
+    `MixBatch` layer.
+    """
+    from trainers.loss import RecipeCrossEntropy
+    from trainers.mix import MixBatch
+
+    layers = list(_layers(model))
+    holders = [layer for layer in layers if isinstance(layer, Strengths)]
+    mixes = [layer for layer in layers if isinstance(layer, MixBatch)]
+    if len(mixes) > 1:
+        raise ValueError(f"model {model.name!r} has {len(mixes)} MixBatch layers; expected one.")
+    if not holders and not mixes and recipe.label_smoothing == 0.0:
+        return "sparse_categorical_crossentropy"
+    smoothing = holders[0].label_smoothing if holders else recipe.label_smoothing
+    return RecipeCrossEntropy(smoothing, mixes[0].label_weight if mixes else None)
+
+
 def early_stopping(recipe: Recipe) -> keras.callbacks.EarlyStopping:
     """Return early stopping that restores the best epoch's weights.
 
@@ -238,38 +282,55 @@ def early_stopping(recipe: Recipe) -> keras.callbacks.EarlyStopping:
 
 
 def reseed_dropout(model: keras.Model, seed: int) -> int:
-    """Restart the random stream of every `VariableDropout` in ``model`` from ``seed``.
+    """Restart the random stream of every `VariableDropout` and `MixBatch` in ``model`` from
+    ``seed``.
 
-    The streams depend on the seed and the layer's position only, so a model built afresh and
-    a reused one drop the same units. Returns the number of layers reseeded.
+    The streams depend on the seed, the kind of layer and its position among the layers of
+    that kind only, so a model built afresh and a reused one (which has dropout layers at
+    rate 0) drop the same units and mix the same pairs. Returns the number of layers
+    reseeded.
     """
-    layers = [layer for layer in _layers(model) if isinstance(layer, VariableDropout)]
-    for index, layer in enumerate(layers):
-        state = layer.seed_generator.state
-        mixed = (int(seed) * 1_000_003 + index * 7_919 + 12_345) % (2**31 - 1)
-        state.assign(np.asarray([mixed, 0], dtype=keras.backend.standardize_dtype(state.dtype)))
-    return len(layers)
+    from trainers.mix import MixBatch
+
+    layers = list(_layers(model))
+    count = 0
+    for kind, salt in ((VariableDropout, 12_345), (MixBatch, 54_321)):
+        for index, layer in enumerate(x for x in layers if isinstance(x, kind)):
+            state = layer.seed_generator.state
+            mixed = (int(seed) * 1_000_003 + index * 7_919 + salt) % (2**31 - 1)
+            state.assign(
+                np.asarray([mixed, 0], dtype=keras.backend.standardize_dtype(state.dtype))
+            )
+            count += 1
+    return count
 
 
 def assign_strengths(model: keras.Model, recipe: Recipe) -> None:
-    """Set every strength variable of ``model`` to the recipe's: penalties, dropout, augment.
+    """Set every strength variable of ``model`` to the recipe's: penalties, dropout, label
+    smoothing, mixup, cutmix, augment (the weight decay is the optimizer's:
+    `trainers.optimizer`).
 
     Raises:
         ValueError: if the recipe asks for a regularizer the model has no variable for
             (build the model with ``reusable=True``).
     """
     from trainers.augment import RandomAugment
+    from trainers.mix import MixBatch
 
     layers = list(_layers(model))
     holders = [layer for layer in layers if isinstance(layer, Strengths)]
     dropouts = [layer for layer in layers if isinstance(layer, VariableDropout)]
     augments = [layer for layer in layers if isinstance(layer, RandomAugment)]
+    mixes = [layer for layer in layers if isinstance(layer, MixBatch)]
     missing = [
         f"{key}={getattr(recipe, key)!r} ({what})"
         for key, what, present in (
             ("l1", "no Strengths layer", holders),
             ("l2", "no Strengths layer", holders),
             ("dropout", "no VariableDropout layer", dropouts),
+            ("label_smoothing", "no Strengths layer", holders),
+            ("mixup", "no MixBatch layer", mixes),
+            ("cutmix", "no MixBatch layer", mixes),
             ("augment", "no RandomAugment layer", augments),
         )
         if getattr(recipe, key) > 0 and not present
@@ -285,6 +346,9 @@ def assign_strengths(model: keras.Model, recipe: Recipe) -> None:
         layer.rate_variable.assign(np.asarray(recipe.dropout, dtype="float32"))
     for layer in augments:
         layer.magnitude.assign(np.asarray(recipe.augment, dtype="float32"))
+    for layer in mixes:
+        layer.mixup.assign(np.asarray(recipe.mixup, dtype="float32"))
+        layer.cutmix.assign(np.asarray(recipe.cutmix, dtype="float32"))
 
 
 def fixed_penalties(model: keras.Model) -> list[str]:

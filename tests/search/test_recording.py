@@ -181,6 +181,39 @@ def test_baselines_are_recorded_like_trials_and_kept_in_the_study(digits) -> Non
     assert outcomes["l2"]["cv_val_loss"] == pytest.approx(run.metrics["cv_val_loss"])
 
 
+def test_modern_baselines_train_beside_the_reference_five(digits) -> None:
+    config, data, training = digits
+    reference, modern = (baseline_recipes(config, name) for name in ("reference", "modern"))
+    assert {name: modern[name] for name in reference} == reference
+    combined = modern["adamw_0.05_label_smoothing_0.1_mixup_0.2_augmentation"]
+    assert (combined.weight_decay, combined.label_smoothing, combined.mixup, combined.augment,
+            combined.l2, combined.dropout) == (0.05, 0.1, 0.2, 1.0, 0.0, 0.0)
+    assert combined.replace(weight_decay=0.0, label_smoothing=0.0, mixup=0.0, augment=0.0) \
+        == reference["none"]  # otherwise the study's settings, as every baseline
+    tracker = MemoryTracker()
+    parent = tracker.open_parent(config.name, config.settings())
+    study = optuna.create_study()
+    recipes = {name: modern[name] for name in ("label_smoothing_0.1", "cutmix_1.0")}
+    outcomes = run_baselines(study, config, recipes, data=data.train, folds=training.folds,
+                             models=training.models, tracker=tracker, parent_run_id=parent)
+    runs = {run.tags["baseline"]: run for run in tracker.children(parent)}
+    assert runs["label_smoothing_0.1"].params["label_smoothing"] == "0.1"
+    assert runs["cutmix_1.0"].params["cutmix"] == "1.0"
+    assert all(run.status == "COMPLETE" for run in runs.values())
+    assert all(0 < outcomes[name]["cv_val_loss"] < 10 for name in recipes)
+
+    # a study stored before these fields existed holds recipes without them: the same recipes
+    stored = study.user_attrs[BASELINES_ATTR]
+    older = {name: {**outcome, "recipe": {k: v for k, v in outcome["recipe"].items()
+                                          if k not in ("weight_decay", "mixup")}}
+             for name, outcome in stored.items()}
+    study.set_user_attr(BASELINES_ATTR, older)
+    run_baselines(study, config, {"cutmix_1.0": recipes["cutmix_1.0"]}, data=data.train,
+                  folds=training.folds, models=training.models, tracker=tracker,
+                  parent_run_id=parent)
+    assert len(tracker.children(parent)) == 2  # nothing trained again
+
+
 def test_the_heldout_report_logs_its_table_and_curves_on_the_parent(digits) -> None:
     config, data, training = digits
     tracker = MemoryTracker()

@@ -344,8 +344,40 @@ def test_load_study_unknown_key_lists_valid_keys(tmp_path):
 
 def test_load_study_unknown_param_lists_searchable(tmp_path):
     path = write_study(tmp_path, changed(lambda s: s["space"].update(l3={"low": 0, "high": 1})))
-    with pytest.raises(ValueError, match="Searchable: l1, l2, dropout, augment, learning_rate, "
+    with pytest.raises(ValueError, match="Searchable: l1, l2, dropout, augment, weight_decay, "
+                                         "label_smoothing, mixup, cutmix, learning_rate, "
                                          "patience, batch_size"):
+        load_study(path)
+
+
+# The later regularizers: a study opts in by naming them in its space.
+OPT_IN = {
+    "weight_decay": {"low": 1.0e-3, "high": 0.3, "log": True, "allow_off": True, "default": "off"},
+    "label_smoothing": {"low": 0.01, "high": 0.3, "allow_off": True, "default": 0.1},
+    "mixup": {"low": 0.1, "high": 1.0, "log": True, "allow_off": True},
+    "cutmix": {"low": 0.1, "high": 2.0, "allow_off": True, "default": "off"},
+}
+
+
+def test_builtin_studies_keep_the_four_regularizers_and_a_study_opts_in_to_the_others(tmp_path):
+    for name in builtin_studies():
+        assert not set(OPT_IN) & set(load_study(name).space.names), name
+    path = write_study(tmp_path, changed(lambda s: s["space"].update(OPT_IN)))
+    space = load_study(path).space
+    assert set(OPT_IN) <= set(space.names)
+    assert all(p.off for p in space.params if p.name in OPT_IN)
+    assert space.defaults()["label_smoothing"] == 0.1 and space.defaults()["cutmix"] == 0.0
+
+
+@pytest.mark.parametrize(("key", "entry", "allowed"), [
+    ("label_smoothing", {"low": 0.0, "high": 1.0}, r"in \[0, 1\)"),
+    ("weight_decay", {"low": 0.0, "high": 2.0}, r"in \[0, 1\]"),
+    ("mixup", {"low": -0.1, "high": 1.0}, r"in \[0, 10\]"),
+    ("cutmix", {"low": 0.5, "high": 11.0}, r"in \[0, 10\]"),
+])
+def test_load_study_later_regularizers_are_range_checked(tmp_path, key, entry, allowed):
+    path = write_study(tmp_path, changed(lambda s: s["space"].update({key: entry})))
+    with pytest.raises(ValueError, match=rf"space\.{key}\.(low|high).*{allowed}"):
         load_study(path)
 
 

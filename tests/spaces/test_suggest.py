@@ -273,3 +273,18 @@ def test_values_from_keras_tuner_switched_on(keras_tuner, digits_space):
     hp.values.pop("l2")
     values = values_from_keras_tuner(digits_space, hp)
     assert values == {"l1": 2e-5, "l2": 0.0, "dropout": 0.2, "augment": 0.0, "patience": 5}
+
+
+def test_to_keras_tuner_carries_the_later_regularizers(keras_tuner):
+    from spaces import to_keras_tuner, values_from_keras_tuner
+
+    space = Space((
+        FloatParam("weight_decay", 1e-3, 0.3, log=True, off=True, default=0.05),
+        FloatParam("label_smoothing", 0.01, 0.3, off=True, default=None),
+        FloatParam("mixup", 0.1, 1.0, log=True, off=True, default=0.2),
+        FloatParam("cutmix", 0.1, 2.0, off=True, default=None),
+    ))
+    hp = to_keras_tuner(space)
+    values = values_from_keras_tuner(space, hp)
+    assert values == {"weight_decay": 0.05, "label_smoothing": 0.0, "mixup": 0.2, "cutmix": 0.0}
+    assert values == sample_params(space, FixedTrial(default_params(space)))

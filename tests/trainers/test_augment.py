@@ -194,3 +194,33 @@ def test_random_augment_trains_under_bfloat16_mixed_precision() -> None:
         assert np.isfinite(history["loss"][0])
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+def test_shear_moves_rows_sideways_in_proportion_to_their_distance_from_the_centre():
+    # 9 rows: the centre row (4) stays; row r moves by t * (r - 4) pixels, |t| <= tan(30 deg)
+    x = np.zeros((16, 9, 33, 1), "float32")
+    x[:, :, 16, :] = 1.0  # one bright vertical line in the middle column
+    layer = RandomAugment(1.0, preset=AugmentPreset(shear=30.0), seed=3)
+    y = _augmented(layer, x)
+    np.testing.assert_allclose(y[:, 4], x[:, 4], atol=1e-6)  # the centre row is unmoved
+    # where each row's line went: the brightness-weighted column
+    columns = (y[..., 0] * np.arange(33)).sum(axis=2) / y[..., 0].sum(axis=2)
+    shifts = columns - 16
+    slopes = shifts[:, 0] / (0 - 4)  # the top row's shift per row from the centre
+    assert np.all(np.abs(slopes) <= np.tan(np.radians(30)) + 1e-4)
+    assert np.abs(slopes).max() > 0.1  # it really moves
+    # a straight, sheared line: every row's shift is the same slope times its distance
+    np.testing.assert_allclose(shifts, slopes[:, None] * (np.arange(9) - 4), atol=1e-3)
+
+
+def test_shear_is_the_identity_at_magnitude_zero_and_keeps_jit():
+    x = _images("natural")
+    layer = RandomAugment(0.0, preset=AugmentPreset(shear=45.0), seed=0)
+    np.testing.assert_array_equal(_augmented(layer, x), x)
+    raw = keras.ops.convert_to_numpy(layer._augment(keras.ops.convert_to_tensor(x)))
+    np.testing.assert_array_equal(raw, x)
+    assert PRESETS["natural"].shear == 10.0
+    model = _model(RandomAugment(1.0, preset=AugmentPreset(shear=20.0), seed=0),
+                   SHAPES["natural"])
+    model.fit(x, np.arange(len(x)) % 3, epochs=1, verbose=0)
+    assert model.jit_compile is True

@@ -11,13 +11,14 @@ import pytest
 from spaces.strengths import STRENGTHS
 from trainers.recipe import Recipe
 
-FIELDS = ("l1", "l2", "dropout", "augment", "patience", "learning_rate", "batch_size",
-          "max_epochs")
+FIELDS = ("l1", "l2", "dropout", "augment", "weight_decay", "label_smoothing", "mixup",
+          "cutmix", "patience", "learning_rate", "batch_size", "max_epochs")
 
 
 def test_recipe_defaults():
     assert Recipe().to_dict() == {
-        "l1": 0.0, "l2": 0.0, "dropout": 0.0, "augment": 0.0, "patience": 5,
+        "l1": 0.0, "l2": 0.0, "dropout": 0.0, "augment": 0.0, "weight_decay": 0.0,
+        "label_smoothing": 0.0, "mixup": 0.0, "cutmix": 0.0, "patience": 5,
         "learning_rate": 1e-3, "batch_size": 64, "max_epochs": 20,
     }
 
@@ -46,6 +47,11 @@ def test_recipe_accepts_edge_values(values):
         ("dropout", math.nan),
         ("augment", 1.01),
         ("augment", -0.5),
+        ("weight_decay", -0.01),
+        ("weight_decay", 1.5),
+        ("label_smoothing", 1.0),
+        ("mixup", -0.2),
+        ("cutmix", 10.5),
         ("patience", 0),
         ("batch_size", 0),
         ("max_epochs", -1),

@@ -146,6 +146,56 @@ def test_reuse_compiles_once_and_never_retraces():
     _assert_same(history, first)
 
 
+def _count_traces(model: keras.Model) -> list:
+    """A list that grows by one each time the model's train step is traced."""
+    traces = []
+    train_step = model.train_step
+
+    def counted(*args, **kwargs):
+        traces.append(1)
+        return train_step(*args, **kwargs)
+
+    model.train_step = counted
+    return traces
+
+
+# Each later regularizer: on, off, on again, against a fresh model each time.
+NEW_STRENGTHS = {
+    "weight_decay": [Recipe(weight_decay=0.5, learning_rate=1e-2, batch_size=32),
+                     Recipe(learning_rate=1e-2, batch_size=32),
+                     Recipe(weight_decay=0.5, learning_rate=1e-2, batch_size=32)],
+    "label_smoothing": [Recipe(label_smoothing=0.2, learning_rate=1e-2, batch_size=32),
+                        Recipe(learning_rate=1e-2, batch_size=32),
+                        Recipe(label_smoothing=0.2, learning_rate=1e-2, batch_size=32)],
+    "mixup_cutmix": [Recipe(mixup=0.4, cutmix=1.0, learning_rate=1e-2, batch_size=32),
+                     Recipe(learning_rate=1e-2, batch_size=32),
+                     Recipe(mixup=0.4, cutmix=1.0, learning_rate=1e-2, batch_size=32)],
+}
+
+
+@pytest.mark.skipif(keras.backend.backend() == "torch",
+                    reason="no traced step to count on PyTorch (see above)")
+@pytest.mark.parametrize("key", list(NEW_STRENGTHS))
+def test_reuse_sets_each_new_strength_like_a_fresh_model_without_retracing(key):
+    data = _digits()
+    reuse, rebuild = _mlp_models(data, jit_compile=True)
+    recipes = NEW_STRENGTHS[key]
+    model = reuse.prepare(recipes[0], 0)
+    traces = _count_traces(model)
+    histories, n_traces = [], None
+    for recipe in recipes:
+        again, reused = _fit(reuse, recipe, data, seed=0, epochs=2)
+        assert again is model and model.jit_compile is True
+        n_traces = n_traces or len(traces)  # the first recipe's traces (one per batch shape)
+        fresh_model, fresh = _fit(rebuild, recipe, data, seed=0, epochs=2)
+        assert fresh_model.jit_compile is True
+        _assert_same(reused, fresh)
+        histories.append(reused)
+    assert len(traces) == n_traces >= 1  # never traced again for a later recipe
+    _assert_same(histories[2], histories[0])
+    assert not np.allclose(histories[0]["val_loss"], histories[1]["val_loss"], rtol=1e-4)
+
+
 def test_cross_validate_with_reuse_matches_rebuild():
     data = _digits()
     folds = stratified_folds(data.y, 2, seed=0)
