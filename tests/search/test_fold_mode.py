@@ -103,3 +103,31 @@ def test_a_batched_digits_study_runs_end_to_end(tmp_path: Path) -> None:
         losses = t.user_attrs[FOLD_LOSSES_ATTR]
         assert len(losses) == 3 and t.value == pytest.approx(sum(losses) / 3)
         assert t.value < 2.0  # ln 10 = 2.30: every trial learned
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["space.label_smoothing={low: 0.01, high: 0.3, allow_off: true}"], "label_smoothing"),
+    (["space.mixup={low: 0.1, high: 1.0, allow_off: true}",
+      "space.weight_decay={low: 0.001, high: 0.1, log: true, allow_off: true}"],
+     "weight_decay, mixup"),
+    (["data.zca_epsilon=0.1"], "data.zca_epsilon"),
+])
+def test_batched_folds_refuse_what_their_copies_do_not_train(extra, named) -> None:
+    from search.datasets import load_data
+    from search.training import prepare_training
+
+    config = build_config("digits", fold_mode="batched", overrides=extra)
+    data = load_data(config.spec.data, where="digits", seed=0)
+    with pytest.raises(ValueError, match=f"fold mode 'batched' does not train {named} yet"):
+        prepare_training(config, data)
+    # the same study trains them fold after fold
+    prepare_training(config.replace(fold_mode="sequential"), data)
+
+
+def test_batched_folds_refuse_the_modern_baselines() -> None:
+    from search.datasets import load_data
+    from search.training import prepare_training
+
+    config = build_config("digits", fold_mode="batched", baselines="modern")
+    with pytest.raises(ValueError, match="does not train weight_decay, label_smoothing, mixup, cutmix"):
+        prepare_training(config, load_data(config.spec.data, where="digits", seed=0))
