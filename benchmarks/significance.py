@@ -191,9 +191,9 @@ def main() -> None:
             root = Path(args.stores) / f"seed-{seed}"
             root.mkdir(parents=True, exist_ok=True)
             runs.append(run_seed(args, seed, root.resolve()))
-            continue
-        with tempfile.TemporaryDirectory() as root:
-            runs.append(run_seed(args, seed, Path(root)))
+        else:
+            with tempfile.TemporaryDirectory() as root:
+                runs.append(run_seed(args, seed, Path(root)))
         result = {"study": args.study, "trials": args.trials, "epochs": args.epochs,
                   "folds": args.folds, "heldout_fraction": args.heldout, "runs": runs,
                   "machine": info}
