@@ -154,7 +154,7 @@ def markdown(args: argparse.Namespace, runs: list[dict[str, Any]], machine: dict
         if stop is None:
             last = r["trajectory"][-1] if r.get("trajectory") else None
             terms = (f"{last['regret_bound']:.4f} vs {last['cv_error']:.4f} at the end "
-                     f"({last['selectable']} selectable)" if last else
+                     f"({last['selectable']} scored)" if last else
                      "fewer selectable trials than the rule needs")
             lines.append(f"| {r['seed']} | {full['trials']} / {full['fit_seconds']:.0f} / "
                          f"{full['heldout_loss']:.4f} | never fired | 0 | {terms} |")
