@@ -6,21 +6,12 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from spaces import check_float, check_keys
 from trainers.data import Dataset
 
-OPTIONS: dict[str, tuple[str, ...]] = {
-    "digits": ("source", "heldout_fraction", "zca_epsilon"),
-    "tinyimagenet": ("source", "data_dir", "n_classes", "wnids", "images_per_class", "cache_dir",
-                     "download", "class_weights", "zca_epsilon"),
-    "folder": ("source", "root", "image_size", "heldout_dir", "heldout_fraction", "cache_dir",
-               "class_weights", "zca_epsilon"),
-}
-# The option of each source that names its folder: what --data-dir replaces.
-FOLDER_OPTION = {"tinyimagenet": "data_dir", "folder": "root"}
-AUGMENT_PRESETS = {"digits": "digits", "tinyimagenet": "natural", "folder": "natural"}
 # ZCA's matrix is (height * width * channels)^2 floats, decomposed once per fold: 3072 values
 # (32x32x3) make 38 MB and about a second; 64x64x3 would make 600 MB and minutes per fold.
 ZCA_MAX_PIXELS = 3072
@@ -64,18 +55,22 @@ def load_data(data: dict[str, Any], *, where: str, seed: int = 0, data_dir: str 
             of range, or ``data_dir`` for a source without a folder.
         FileNotFoundError: the data folder is missing (the message says how to point at one).
     """
-    source = data.get("source")
-    if source not in OPTIONS:
+    name = data.get("source")
+    if name not in SOURCES:
         raise ValueError(
-            f"{where}: 'data.source'={source!r} is not allowed; expected one of: {', '.join(OPTIONS)}."
+            f"{where}: 'data.source'={name!r} is not allowed; expected one of: {', '.join(SOURCES)}."
         )
-    options = check_keys("data", data, OPTIONS[source], where=where)
+    source = SOURCES[name]
+    options = check_keys("data", data, ("source", *source.options, *COMMON_OPTIONS), where=where)
     options.pop("source")
-    if data_dir is not None and source not in FOLDER_OPTION:
-        raise ValueError(
-            f"{where}: --data-dir {data_dir!r} is not allowed with 'data.source'={source!r}, "
-            f"which reads no folder (it would be ignored); --data-dir applies to sources "
-            f"{' and '.join(FOLDER_OPTION)} only. Leave it out.")
+    if data_dir is not None:
+        if source.folder_option is None:
+            with_folder = [n for n, s in SOURCES.items() if s.folder_option]
+            raise ValueError(
+                f"{where}: --data-dir {data_dir!r} is not allowed with 'data.source'={name!r}, "
+                f"which reads no folder (it would be ignored); --data-dir applies to sources "
+                f"{' and '.join(with_folder)} only. Leave it out.")
+        options[source.folder_option] = data_dir
     if "heldout_fraction" in options:  # 0: no held-out split
         options["heldout_fraction"] = check_float(
             "data.heldout_fraction", options["heldout_fraction"], low=0.0, high=1.0,
@@ -84,8 +79,8 @@ def load_data(data: dict[str, Any], *, where: str, seed: int = 0, data_dir: str 
     zca = options.pop("zca_epsilon", None)
     if zca is not None:
         zca = check_float("data.zca_epsilon", zca, low=0.0, low_open=True, where=where)
-    loaded = _load(source, options, where=where, seed=seed, data_dir=data_dir,
-                   progress=progress, preset=AUGMENT_PRESETS[source], weights=weights)
+    train, heldout = source.load(options, where=where, seed=seed, progress=progress)
+    loaded = StudyData(train, heldout, source.augment_preset, weights)
     if zca is None:
         return loaded
     size = math.prod(loaded.train.image_shape)
@@ -97,41 +92,43 @@ def load_data(data: dict[str, Any], *, where: str, seed: int = 0, data_dir: str 
     return dataclasses.replace(loaded, zca_epsilon=zca)
 
 
-def _load(source: str, options: dict[str, Any], *, where: str, seed: int, data_dir: str | None,
-          progress: bool, preset: str, weights: bool) -> StudyData:
-    """Load the splits of one source (`load_data` has checked the options)."""
-    if source == "digits":
-        from sklearn.model_selection import train_test_split
+def _digits(options: dict[str, Any], *, where: str, seed: int,
+            progress: bool) -> tuple[Dataset, Dataset | None]:
+    """scikit-learn's 8x8 digits, with a stratified held-out fraction if asked."""
+    from sklearn.model_selection import train_test_split
 
-        from trainers.data import load_digits
+    from trainers.data import load_digits
 
-        full = load_digits()
-        fraction = options.get("heldout_fraction", 0.0)
-        if not fraction:
-            return StudyData(full, None, preset, weights)
-        n_heldout, n_classes = math.ceil(fraction * len(full)), full.n_classes
-        if not n_classes <= n_heldout <= len(full) - n_classes:  # one image per class each side
-            raise ValueError(
-                f"{where}: 'data.heldout_fraction'={fraction:g} holds out {n_heldout} of "
-                f"{len(full)} images, but a stratified split of {n_classes} classes needs "
-                f"between {n_classes} and {len(full) - n_classes}; choose a fraction in "
-                f"[{n_classes / len(full):.3f}, {1 - n_classes / len(full):.3f}], or 0 for none.")
-        train_idx, held_idx = train_test_split(
-            range(len(full)), test_size=fraction, stratify=full.y, random_state=seed
-        )
-        return StudyData(full.subset(sorted(train_idx)), full.subset(sorted(held_idx)), preset, weights)
-    if source == "tinyimagenet":
-        from trainers.tinyimagenet import load_tinyimagenet
+    full = load_digits()
+    fraction = options.get("heldout_fraction", 0.0)
+    if not fraction:
+        return full, None
+    n_heldout, n_classes = math.ceil(fraction * len(full)), full.n_classes
+    if not n_classes <= n_heldout <= len(full) - n_classes:  # one image per class each side
+        raise ValueError(
+            f"{where}: 'data.heldout_fraction'={fraction:g} holds out {n_heldout} of "
+            f"{len(full)} images, but a stratified split of {n_classes} classes needs "
+            f"between {n_classes} and {len(full) - n_classes}; choose a fraction in "
+            f"[{n_classes / len(full):.3f}, {1 - n_classes / len(full):.3f}], or 0 for none.")
+    train_idx, held_idx = train_test_split(
+        range(len(full)), test_size=fraction, stratify=full.y, random_state=seed
+    )
+    return full.subset(sorted(train_idx)), full.subset(sorted(held_idx))
 
-        if data_dir is not None:
-            options["data_dir"] = data_dir
-        train, heldout = load_tinyimagenet(progress=progress, **options)
-        return StudyData(train, heldout, preset, weights)
 
+def _tinyimagenet(options: dict[str, Any], *, where: str, seed: int,
+                  progress: bool) -> tuple[Dataset, Dataset | None]:
+    """Tiny ImageNet's training images of the chosen classes, and its validation images."""
+    from trainers.tinyimagenet import load_tinyimagenet
+
+    return load_tinyimagenet(progress=progress, **options)
+
+
+def _folder(options: dict[str, Any], *, where: str, seed: int,
+            progress: bool) -> tuple[Dataset, Dataset | None]:
+    """A folder of class subfolders (`trainers.imagefolder`)."""
     from trainers.imagefolder import load_image_folder
 
-    if data_dir is not None:
-        options["root"] = data_dir
     if "root" not in options:
         raise ValueError(f"{where}: 'data.root' is required for source 'folder' (or pass --data-dir).")
     if "image_size" not in options:
@@ -139,6 +136,27 @@ def _load(source: str, options: dict[str, Any], *, where: str, seed: int, data_d
     root = Path(options.pop("root"))
     if not root.is_absolute() and not root.exists():
         root = Path(where).parent / root  # relative to the study file
-    train, heldout = load_image_folder(root, image_size=tuple(options.pop("image_size")), seed=seed,
-                                       progress=progress, **options)
-    return StudyData(train, heldout, preset, weights)
+    return load_image_folder(root, image_size=tuple(options.pop("image_size")), seed=seed,
+                             progress=progress, **options)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One kind of data a study file's ``data.source`` names."""
+
+    options: tuple[str, ...]  # the keys its ``data:`` section may hold, besides COMMON_OPTIONS
+    augment_preset: str  # the `trainers.augment` preset the ``augment`` strength drives
+    load: Callable[..., tuple[Dataset, Dataset | None]]  # checked options -> (train, held out)
+    folder_option: str | None = None  # the option naming its folder: what --data-dir replaces
+
+
+# Every data source in one table: a new one is a loader and a row here.
+COMMON_OPTIONS = ("zca_epsilon",)
+SOURCES: dict[str, Source] = {
+    "digits": Source(("heldout_fraction",), "digits", _digits),
+    "tinyimagenet": Source(("data_dir", "n_classes", "wnids", "images_per_class", "cache_dir",
+                            "download", "class_weights"), "natural", _tinyimagenet,
+                           folder_option="data_dir"),
+    "folder": Source(("root", "image_size", "heldout_dir", "heldout_fraction", "cache_dir",
+                      "class_weights"), "natural", _folder, folder_option="root"),
+}
