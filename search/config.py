@@ -14,6 +14,10 @@ from spaces.load import FOLD_MODES, PRUNERS, SAMPLERS, SEED_MAX
 
 DEFAULT_ROOT = Path("mlruns")
 PRECISIONS = ("float32", "bfloat16")
+# What batched folds do not train yet: the decoupled decay lives in `trainers.optimizer`'s AdamW,
+# label smoothing and the mix weight in `trainers.loss`, while a `trainers.batched.FoldCopies`
+# step has its own optimizer and masked loss (ZCA, fitted per fold's model, is refused too)
+NOT_BATCHED = ("weight_decay", "label_smoothing", "mixup", "cutmix")
 # What a mistake in a study file, an option, the data or a store looks like when it is found.
 USER_ERRORS = (LookupError, ValueError, TypeError, FileNotFoundError)
 
@@ -99,10 +103,29 @@ class StudyConfig:
         check_int("--report-top", self.report_top, low=1)
         check_choice("--precision", self.precision, PRECISIONS)
         check_choice("--fold-mode", self.fold_mode, FOLD_MODES)
+        if self.fold_mode == "batched":
+            self._check_batched()
         if self.baselines is not None:
             check_choice("--baselines", self.baselines, tuple(BASELINE_SETS))
         if self.timeout is not None:
             check_float("--timeout", self.timeout, low=0.0, low_open=True)
+
+    def _check_batched(self) -> None:
+        """Refuse, before any store is opened, what batched folds do not train yet
+        (`NOT_BATCHED`, ZCA whitening): silently ignored, it would be searched
+        for nothing."""
+        searched = {p.name for p in self.spec.space.params}
+        baselines = BASELINE_SETS.get(self.baselines or "", {}).values()
+        used = [name for name in NOT_BATCHED if name in searched or self.spec.training.get(name)
+                or any(r.get(name) for r in baselines)]
+        if self.spec.data.get("zca_epsilon") is not None:
+            used.append("data.zca_epsilon")
+        if used:
+            them = "them" if len(used) > 1 else "it"
+            raise ValueError(
+                f"fold mode 'batched' does not train {', '.join(used)} yet (each copy of the "
+                f"model would ignore {them}); use --fold-mode sequential, or leave {them} out "
+                f"of the study.")
 
     @property
     def name(self) -> str:

@@ -53,8 +53,6 @@ def prepare_training(config: StudyConfig, data: StudyData) -> Training:
             f"{type(exc).__name__}); make it smaller "
             f"(e.g. --set model.units=..., model.width=...) or use a machine with more memory."
         ) from None
-    if config.fold_mode == "batched":
-        check_batched(config, data)
     return Training(build, make_models(config, build),
                     stratified_folds(data.train.y, config.n_folds, config.seed),
                     "balanced" if data.class_weights else None)
@@ -100,25 +98,3 @@ def make_models(config: StudyConfig, build: Callable[..., Any]) -> Any:
         return Rebuild(build)
     # a reusable build: every penalty and dropout present, strengths held in variables
     return Reuse(functools.partial(build, Recipe(), reusable=True), cache_size=config.n_folds + 2)
-
-
-def check_batched(config: StudyConfig, data: StudyData) -> None:
-    """Refuse a study that asks batched folds for what they do not train yet
-    (`trainers.batched.NOT_BATCHED`, ZCA whitening): silently ignored, they would be searched
-    for nothing."""
-    from search.baselines import BASELINE_SETS
-    from trainers.batched import NOT_BATCHED
-
-    searched = {p.name for p in config.spec.space.params}
-    fixed = make_recipe(config, config.spec.space.defaults()).to_dict()
-    baselines = BASELINE_SETS.get(config.baselines or "", {}).values()
-    used = [name for name in NOT_BATCHED
-            if name in searched or fixed.get(name) or any(r.get(name) for r in baselines)]
-    if data.zca_epsilon is not None:
-        used.append("data.zca_epsilon")
-    if used:
-        raise ValueError(
-            f"fold mode 'batched' does not train {', '.join(used)} yet (each copy of the model "
-            f"would ignore it); use --fold-mode sequential, or leave "
-            f"{'them' if len(used) > 1 else 'it'} out of the study.")
-

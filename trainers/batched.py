@@ -160,13 +160,6 @@ def cross_validate_batched(
     return CVResult(tuple(results))
 
 
-# What the copies do not train yet: the decoupled decay lives in `trainers.optimizer`'s AdamW,
-# label smoothing and the mix weight in `trainers.loss`, ZCA statistics in one model per fold,
-# while a `FoldCopies` step has its own optimizer and masked loss. A study asks for them in
-# fold mode "batched" only to be refused (`search.training.prepare_training`).
-NOT_BATCHED = ("weight_decay", "label_smoothing", "mixup", "cutmix")
-
-
 def fold_trainer(fold_mode: str) -> Callable[..., CVResult]:
     """The function that cross-validates a recipe in ``fold_mode``: `cross_validate` for
     "sequential" (folds one after the other), `cross_validate_batched` for "batched" (a trial's

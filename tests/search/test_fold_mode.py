@@ -113,21 +113,23 @@ def test_a_batched_digits_study_runs_end_to_end(tmp_path: Path) -> None:
     (["data.zca_epsilon=0.1"], "data.zca_epsilon"),
 ])
 def test_batched_folds_refuse_what_their_copies_do_not_train(extra, named) -> None:
-    from search.datasets import load_data
-    from search.training import prepare_training
-
-    config = build_config("digits", fold_mode="batched", overrides=extra)
-    data = load_data(config.spec.data, where="digits", seed=0)
     with pytest.raises(ValueError, match=f"fold mode 'batched' does not train {named} yet"):
-        prepare_training(config, data)
+        build_config("digits", fold_mode="batched", overrides=extra)
     # the same study trains them fold after fold
-    prepare_training(config.replace(fold_mode="sequential"), data)
+    assert build_config("digits", fold_mode="sequential", overrides=extra).fold_mode == "sequential"
 
 
-def test_batched_folds_refuse_the_modern_baselines() -> None:
-    from search.datasets import load_data
-    from search.training import prepare_training
+def test_batched_folds_refuse_the_modern_baselines_before_any_store_is_opened(tmp_path) -> None:
+    import subprocess
+    import sys
 
-    config = build_config("digits", fold_mode="batched", baselines="modern")
-    with pytest.raises(ValueError, match="does not train weight_decay, label_smoothing, mixup, cutmix"):
-        prepare_training(config, load_data(config.spec.data, where="digits", seed=0))
+    result = subprocess.run(
+        [sys.executable, "-m", "search.run", "--study", "digits", "--fold-mode", "batched",
+         "--baselines", "modern"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        "error: fold mode 'batched' does not train weight_decay, label_smoothing, mixup, cutmix "
+        "yet (each copy of the model would ignore them); use --fold-mode sequential, or leave "
+        "them out of the study.")
+    assert not (tmp_path / "mlruns").exists()
