@@ -33,7 +33,6 @@ import dataclasses
 import math
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import keras
@@ -60,7 +59,15 @@ from trainers.fit import (
 from trainers.kfold import Fold
 from trainers.recipe import Recipe
 from trainers.regularization import assign_strengths, fixed_penalties, reseed_dropout
-from trainers.reuse import JitCompile, Models, Rebuild, Reuse, SeedAtTrainBegin, as_models
+from trainers.reuse import (
+    InitialStates,
+    JitCompile,
+    Models,
+    Rebuild,
+    Reuse,
+    SeedAtTrainBegin,
+    as_models,
+)
 
 __all__ = [
     "FoldCopies", "RebuiltCopies", "ReusedCopies", "batch_size_for", "copies_for",
@@ -369,7 +376,7 @@ class ReusedCopies:
         self.build, self.n_copies, self.jit_compile = build, int(n_copies), jit_compile
         self.cache_size = max(int(cache_size), int(n_copies))
         self.model: FoldCopies | None = None
-        self._initial: OrderedDict[int, list[np.ndarray]] = OrderedDict()
+        self._initial = InitialStates(build, self.cache_size, "ReusedCopies")
         self._optimizer_initial: list[np.ndarray] = []
 
     def prepare(self, recipe: Recipe, seeds: Sequence[int]) -> FoldCopies:
@@ -380,7 +387,7 @@ class ReusedCopies:
             self.model = self._compile(recipe, seeds)
         else:
             for copy, seed in zip(self.model.copies, seeds):
-                _assign(copy.variables, self._initial_state(seed))
+                _assign(copy.variables, self._initial.get(seed, copy.variables))
             _assign(self.model.optimizer.variables, self._optimizer_initial)
         model = self.model
         for copy, seed in zip(model.copies, seeds):
@@ -402,34 +409,12 @@ class ReusedCopies:
                     f"({fixed[0]}, ...) that a recipe cannot switch off. Build it with "
                     "reusable=True."
                 )
-            self._remember(seed, [keras.ops.convert_to_numpy(v) for v in copy.variables])
+            self._initial.remember(seed, copy.variables)
             copies.append(copy)
         model = _compile(FoldCopies(copies, name="fold_copies"), recipe, self.jit_compile)
         self._optimizer_initial = [keras.ops.convert_to_numpy(v)
                                    for v in model.optimizer.variables]
         return model
-
-    def _initial_state(self, seed: int) -> list[np.ndarray]:
-        if seed in self._initial:
-            self._initial.move_to_end(seed)
-            return self._initial[seed]
-        keras.utils.set_random_seed(seed)
-        fresh = self.build()  # cheap: building without compiling
-        values = [keras.ops.convert_to_numpy(v) for v in fresh.variables]
-        del fresh
-        expected = [tuple(v.shape) for v in self.model.copies[0].variables]
-        if expected != [tuple(v.shape) for v in values]:
-            raise ValueError(
-                "ReusedCopies: build() returned a model with different variables than the "
-                "first one; it must build the same architecture every time."
-            )
-        self._remember(seed, values)
-        return values
-
-    def _remember(self, seed: int, values: list[np.ndarray]) -> None:
-        self._initial[seed] = values
-        while len(self._initial) > self.cache_size:
-            self._initial.popitem(last=False)
 
 
 # The compiled copies of a worker's `Reuse`, per number of folds: kept as long as it is.

@@ -11,7 +11,7 @@ afresh every time. Both give the same losses for the same recipe and seed.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Protocol, runtime_checkable
+from typing import Callable, Iterator, Protocol, runtime_checkable
 
 import keras
 import numpy as np
@@ -163,7 +163,7 @@ class Reuse:
         self.jit_compile = jit_compile
         self.cache_size = int(cache_size)
         self.model: keras.Model | None = None
-        self._initial: OrderedDict[int, list[np.ndarray]] = OrderedDict()
+        self._initial = InitialStates(build, self.cache_size, "Reuse")
         self._optimizer_initial: list[np.ndarray] = []
 
     def prepare(self, recipe: Recipe, seed: int) -> keras.Model:
@@ -171,7 +171,7 @@ class Reuse:
         if self.model is None:
             self.model = self._compile(recipe, seed)
         else:
-            _assign(_state(self.model), self._initial_state(seed))
+            _assign(_state(self.model), self._initial.get(seed, _state(self.model)))
             _assign(self.model.optimizer.variables, self._optimizer_initial)
         model = self.model
         assign_strengths(model, recipe)
@@ -190,35 +190,52 @@ class Reuse:
                 f"Reuse: model {model.name!r} has fixed kernel penalties ({fixed[0]}, ...) that "
                 "a recipe cannot switch off. Build it with reusable=True."
             )
-        self._remember(seed, _snapshot(_state(model)))
+        self._initial.remember(seed, _state(model))
         compile_model(model, recipe, jit_compile=self.jit_compile)
         # Build the optimizer now (fit would on its first call) to keep its zero state.
         model.optimizer.build(model.trainable_variables)
         self._optimizer_initial = _snapshot(model.optimizer.variables)
         return model
 
-    def _initial_state(self, seed: int) -> list[np.ndarray]:
-        """The state of a fresh model built with ``seed``: built once, then kept."""
-        if seed in self._initial:
-            self._initial.move_to_end(seed)
-            return self._initial[seed]
+
+class InitialStates:
+    """The state of a fresh model for each seed: built once with ``build``, the ``size`` most
+    recently used kept in host memory. `Reuse` resets its model from it, `trainers.batched`
+    each copy."""
+
+    def __init__(self, build: Callable[[], keras.Model], size: int, owner: str) -> None:
+        self.build, self.size, self.owner = build, int(size), owner
+        self._kept: OrderedDict[int, list[np.ndarray]] = OrderedDict()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._kept)
+
+    def remember(self, seed: int, variables: list[keras.Variable]) -> None:
+        self._kept[seed] = _snapshot(variables)
+        self._evict()
+
+    def get(self, seed: int, like: list[keras.Variable]) -> list[np.ndarray]:
+        """The state for ``seed``, in the order of ``like`` (the variables it will go into)."""
+        if seed in self._kept:
+            self._kept.move_to_end(seed)
+            return self._kept[seed]
         keras.utils.set_random_seed(seed)
         fresh = self.build()  # cheap: building without compiling
         values = _snapshot(_state(fresh))
         del fresh
-        expected = [(tuple(v.shape), _dtype(v.dtype)) for v in _state(self.model)]
+        expected = [(tuple(v.shape), _dtype(v.dtype)) for v in like]
         if expected != [(tuple(v.shape), _dtype(v.dtype)) for v in values]:
             raise ValueError(
-                "Reuse: build() returned a model with different variables than the first one; "
-                "it must build the same architecture every time."
+                f"{self.owner}: build() returned a model with different variables than the "
+                "first one; it must build the same architecture every time."
             )
-        self._remember(seed, values)
+        self._kept[seed] = values
+        self._evict()
         return values
 
-    def _remember(self, seed: int, values: list[np.ndarray]) -> None:
-        self._initial[seed] = values
-        while len(self._initial) > self.cache_size:
-            self._initial.popitem(last=False)
+    def _evict(self) -> None:
+        while len(self._kept) > self.size:
+            self._kept.popitem(last=False)
 
 
 def _state(model: keras.Model) -> list[keras.Variable]:
