@@ -53,6 +53,20 @@ def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+_TAG_RACE_ATTEMPTS = 4
+
+
+def _duplicate_key(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) is the database's unique-key violation."""
+    from sqlalchemy.exc import IntegrityError
+
+    while exc is not None:
+        if isinstance(exc, IntegrityError):
+            return True
+        exc = exc.__cause__
+    return False
+
+
 class _LosableClient:
     """An `MlflowClient` whose calls raise `TrackingLost` when its store fails: out of reach,
     or its database or artifact files cannot be written (`search.stores.lost_cause`)."""
@@ -236,9 +250,25 @@ class MlflowTracker:
         return self.client.get_run(run_id).info.experiment_id
 
     def set_experiment_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        """Set tags on the experiment of ``run_id``, as every worker of a study does at start.
+
+        MLflow writes an experiment tag as read-then-insert: workers on several hosts setting
+        the same new tag at one moment all insert, and on PostgreSQL all but one fail with a
+        duplicate key. A tag that already holds its value is left alone, and a lost race is
+        written again (then as an update).
+        """
         experiment = self.experiment_of(run_id)
+        held = self.client.get_experiment(experiment).tags
         for key, value in tags.items():
-            self.client.set_experiment_tag(experiment, key, value)
+            if held.get(key) == value:
+                continue
+            for attempt in range(_TAG_RACE_ATTEMPTS):
+                try:
+                    self.client.set_experiment_tag(experiment, key, value)
+                    break
+                except MlflowException as exc:
+                    if attempt == _TAG_RACE_ATTEMPTS - 1 or not _duplicate_key(exc):
+                        raise
 
     def log_artifacts(self, run_id: str, paths: Iterable[Path], artifact_path: str | None = None) -> None:
         for path in paths:

@@ -204,3 +204,37 @@ def test_a_storage_lost_mid_study_stops_the_run_with_one_line(tmp_path: Path) ->
     assert (f'(connection to server at "127.0.0.1", port {server.port} failed' in last
             or "(server closed the connection unexpectedly" in last), last
     assert last.endswith("run the same command again once it answers")
+
+
+def test_workers_setting_the_same_experiment_tags_at_once_all_succeed(postgres) -> None:
+    """Every worker records the trials view on the experiment as it starts; on PostgreSQL,
+    MLflow's read-then-insert of a new experiment tag lets all but one of them hit a
+    duplicate key (a worker exited with it in CI). Eight trackers in threads, released together
+    by a barrier, set the same fresh tags ten times over; none may fail."""
+    import threading
+    import uuid
+
+    from search.mlflow_tracker import MlflowTracker
+
+    trackers = [MlflowTracker(postgres.mlflow) for _ in range(8)]
+    parent = trackers[0].open_parent(f"tag-race-{uuid.uuid4().hex[:8]}", {}, tags={})
+    errors: list[BaseException] = []
+    for round_ in range(10):
+        tags = {f"view.{round_}.{i}": json.dumps({"round": round_, "i": i}) for i in range(3)}
+        barrier = threading.Barrier(len(trackers))
+
+        def write(tracker: MlflowTracker) -> None:
+            barrier.wait()
+            try:
+                tracker.set_experiment_tags(parent, tags)
+            except BaseException as exc:  # noqa: BLE001 (collected and reported below)
+                errors.append(exc)
+
+        threads = [threading.Thread(target=write, args=(t,)) for t in trackers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert not errors, f"{len(errors)} of 80 writes failed, first: {errors[0]!r}"[:3000]
+    held = trackers[0].client.get_experiment(trackers[0].experiment_of(parent)).tags
+    assert held["view.9.2"] == json.dumps({"round": 9, "i": 2})
