@@ -125,7 +125,7 @@ def markdown(args: argparse.Namespace, runs: list[dict[str, Any]], machine: dict
 
     lines = [f"# Is the win real, and what stopping within noise saves: `{args.study}`, "
              f"{len(runs)} seed(s)", "",
-             f"`python -m benchmarks.significance --seeds {' '.join(map(str, args.seeds))} "
+             f"`python -m benchmarks.significance --seeds {' '.join(str(r['seed']) for r in runs)} "
              f"--trials {args.trials} --epochs {args.epochs} --folds {args.folds}`: each seed a "
              f"full study ({args.trials} trials, {args.folds} folds, {args.epochs} epochs at "
              f"most, {args.heldout:.0%} held out, reference baselines, report of the 3 best "
@@ -179,12 +179,23 @@ def main() -> None:
     p.add_argument("--name", help="result file name (default: significance-<study>)")
     p.add_argument("--stores", help="keep each seed's stores under DIR/seed-<seed> (default: "
                                     "a temporary folder); a rerun resumes them")
+    p.add_argument("--keep-others", action="store_true",
+                   help="keep the result file's runs of seeds not given in --seeds")
     args = p.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from search.study import quiet_optuna
 
     quiet_optuna()
     info = machine()
+    name = args.name or f"significance-{args.study}"
+    kept = []
+    if args.keep_others:
+        from benchmarks._common import RESULTS
+
+        previous = Path(os.environ.get("BENCH_OUT", RESULTS)) / f"{name}.json"
+        if previous.exists():
+            kept = [r for r in json.loads(previous.read_text())["runs"]
+                    if r["seed"] not in args.seeds]
     runs = []
     for seed in args.seeds:
         if args.stores:  # kept: the same command again replays the rule on them at once
@@ -194,12 +205,13 @@ def main() -> None:
         else:
             with tempfile.TemporaryDirectory() as root:
                 runs.append(run_seed(args, seed, Path(root)))
+        every = sorted(kept + runs, key=lambda r: r["seed"])
         result = {"study": args.study, "trials": args.trials, "epochs": args.epochs,
-                  "folds": args.folds, "heldout_fraction": args.heldout, "runs": runs,
+                  "folds": args.folds, "heldout_fraction": args.heldout, "runs": every,
                   "machine": info}
-        md = markdown(args, runs, info)
+        md = markdown(args, every, info)
         print(md)
-        print(f"written: {write_result(args.name or f'significance-{args.study}', result, md)}")
+        print(f"written: {write_result(name, result, md)}")
 
 
 if __name__ == "__main__":
