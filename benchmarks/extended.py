@@ -16,13 +16,14 @@ writes benchmarks/results/extended-digits.{json,md} (or under $BENCH_OUT).
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import machine, machine_table, study_arguments, write_result
+from benchmarks._common import RESULTS, machine, machine_table, study_arguments, write_result
 
 LATER = ("weight_decay", "label_smoothing", "mixup", "cutmix")
 EXTENDED = [
@@ -106,6 +107,13 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"- the extended space's selection had the lower held-out loss in {wins} of "
                      f"{len(pairs)} seeds (median difference extended minus four: "
                      f"{statistics.median(b - a for a, b in pairs):+.4f})")
+    if len(pairs) >= 5:  # below 5 pairs the signed-rank test cannot reach p < 0.05
+        from scipy.stats import wilcoxon
+
+        test = wilcoxon([b - a for a, b in pairs], alternative="less")
+        lines.append(f"- Wilcoxon signed-rank test over seeds, extended lower than four: "
+                     f"p = {test.pvalue:.3f} (one-sided; a p above 0.05 means the seeds do not "
+                     f"show a difference beyond seed-to-seed noise)")
     lines += ["", machine_table(result["machine"])]
     return "\n".join(lines) + "\n"
 
@@ -117,18 +125,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heldout", type=float, default=0.2)
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--root", help="folder for the stores (default: a temporary one)")
+    parser.add_argument("--keep-others", action="store_true",
+                        help="keep the result file's rows of seeds not given in --seeds")
     args = parser.parse_args(argv)
 
+    name = f"extended-{args.study}"
+    kept: list[dict[str, Any]] = []
+    previous = Path(os.environ.get("BENCH_OUT", RESULTS)) / f"{name}.json"
+    if args.keep_others and previous.exists():
+        kept = [r for r in json.loads(previous.read_text())["rows"] if r["seed"] not in args.seeds]
     root = Path(args.root or tempfile.mkdtemp(prefix="regsearch-extended-"))
-    rows = [run_one(args, seed, space, root) for seed in args.seeds
-            for space in ("four", "extended")]
-    result = {"study": args.study, "trials": args.trials, "folds": args.folds,
-              "epochs": args.epochs, "heldout": args.heldout, "seeds": args.seeds,
-              "command": "python -m benchmarks.extended " + " ".join(argv or sys.argv[1:]),
-              "rows": rows, "machine": machine()}
-    text = markdown(result)
-    write_result(f"extended-{args.study}", result, text)
-    print(text)
+    rows: list[dict[str, Any]] = []
+    for seed in args.seeds:  # written after each seed: a long run stopped keeps what it did
+        rows += [run_one(args, seed, space, root) for space in ("four", "extended")]
+        every = sorted(kept + rows, key=lambda r: (r["seed"], r["space"] != "four"))
+        seeds = sorted({r["seed"] for r in every})
+        result = {"study": args.study, "trials": args.trials, "folds": args.folds,
+                  "epochs": args.epochs, "heldout": args.heldout, "seeds": seeds,
+                  "command": (f"python -m benchmarks.extended --seeds {' '.join(map(str, seeds))}"
+                              f" --trials {args.trials} --epochs {args.epochs} "
+                              f"--folds {args.folds}"),
+                  "rows": every, "machine": machine()}
+        text = markdown(result)
+        write_result(name, result, text)
+        print(text)
 
 
 if __name__ == "__main__":
