@@ -46,6 +46,10 @@ def error_text(exc: BaseException) -> str:
     return str(exc)
 
 
+# What the pruner judges with batched folds (`StudyConfig.batched_pruning`)
+BATCHED_PRUNING = ("fold-end", "epoch")
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     """Everything `search.run` needs; checked once, here.
@@ -64,6 +68,10 @@ class StudyConfig:
             one compiled model per worker (slower; for comparison).
         fold_mode: "sequential" (fold after fold) or "batched" (a trial's folds as copies of
             the model in one compiled step, `trainers.batched`); overrides the study file's.
+        batched_pruning: with batched folds, what the pruner judges: "fold-end" (what
+            sequential folds report, `search.worker.InFoldOrder`: in practice no decision
+            before every copy has trained its last epoch) or "epoch" (the mean of every fold's
+            best loss so far, each epoch from half the epochs on, `search.worker.AcrossFolds`).
         report: after the search, retrain the selected recipe (and baselines) on the whole
             training split and score the held-out split, when the data has one.
         report_top: retrain the best this many trials for the report (the rank agreement
@@ -91,6 +99,7 @@ class StudyConfig:
     precision: str = "float32"
     rebuild_per_trial: bool = False
     fold_mode: str = "sequential"
+    batched_pruning: str = "fold-end"
     tpe_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -103,6 +112,7 @@ class StudyConfig:
         check_int("--report-top", self.report_top, low=1)
         check_choice("--precision", self.precision, PRECISIONS)
         check_choice("--fold-mode", self.fold_mode, FOLD_MODES)
+        check_choice("--batched-pruning", self.batched_pruning, BATCHED_PRUNING)
         if self.fold_mode == "batched":
             self._check_batched()
         if self.baselines is not None:

@@ -80,6 +80,11 @@ def parser() -> argparse.ArgumentParser:
                    help="train a trial's folds one after the other, or as copies of the model in "
                         "one compiled step (default: the study file's search.fold_mode, else "
                         "sequential)")
+    p.add_argument("--batched-pruning", choices=("fold-end", "epoch"),
+                   help="with --fold-mode batched, what the pruner judges: fold-end (what "
+                        "sequential folds report; no decision before the last epoch) or epoch "
+                        "(every fold's best loss so far, averaged, each epoch from half the "
+                        "epochs on) (default: fold-end)")
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the launcher
     return p
 

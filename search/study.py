@@ -235,20 +235,25 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     Pruning on the first epochs of a fold would compare how fast recipes learn, and
     regularization slows early learning: with a warm-up of 5 epochs of 30 the median pruner
     stopped 27 of 30 digits trials at epoch 6, nearly every regularized one.
+
+    Batched folds judged epoch by epoch (``batched_pruning="epoch"``,
+    `search.worker.AcrossFolds`) report the mean over all folds at ``step = epoch``: the first
+    decision waits for half the epochs, and then the median pruner decides at every epoch.
     """
     epochs = config.max_epochs
-    fold_end = max(1, epochs - 1)
-    max_resource = config.n_folds * epochs
+    if config.fold_mode == "batched" and config.batched_pruning == "epoch":
+        first, every, max_resource = max(1, epochs // 2), 1, epochs
+    else:  # at the end of every fold: steps fold_end, fold_end + epochs, ...
+        first, every, max_resource = max(1, epochs - 1), epochs, config.n_folds * epochs
     if config.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(
-            min_resource=fold_end, max_resource=max_resource, reduction_factor=3
+            min_resource=first, max_resource=max_resource, reduction_factor=3
         )
     if config.pruner == "sha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=fold_end, reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=3)
     if config.pruner == "median":
-        # checked at the end of every fold: steps fold_end, fold_end + epochs, ...
         return optuna.pruners.MedianPruner(
-            n_startup_trials=3, n_warmup_steps=fold_end, interval_steps=epochs
+            n_startup_trials=3, n_warmup_steps=first, interval_steps=every
         )
     return optuna.pruners.NopPruner()
 

@@ -8,7 +8,7 @@ import math
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import optuna
@@ -126,18 +126,14 @@ class Objective:
         if self.progress:
             self.progress.trial_started(trial.number)
 
-        estimate = RunningCV(self.config.max_epochs)
         hooks = trainer_hooks(self.progress)
-        batched = self.config.fold_mode == "batched"
-        in_order = InFoldOrder(self.config.max_epochs)
+        to_pruner = pruner_reports(self.config)
 
         def on_epoch(m: EpochMetrics) -> bool:
             hooks["on_epoch"](m)
-            # batched folds report epoch by epoch across folds: the pruner sees what
-            # sequential folds report, in their order (`InFoldOrder`)
-            reports = in_order(m) if batched else [m]
-            for r in reports:
-                trial.report(estimate.update(r.fold, r.epoch, r.best_val_loss), r.step)
+            reports = to_pruner(m)
+            for step, value in reports:
+                trial.report(value, step)
             return bool(reports) and trial.should_prune()
 
         def on_failed(state: RunState, reason: str) -> None:
@@ -160,8 +156,63 @@ class Objective:
         trial.set_user_attr(FOLD_LOSSES_ATTR, fold_losses(result))
         trial.set_user_attr(AT_CHANCE_ATTR, at_chance)
         if result.stopped:
-            raise optuna.TrialPruned(f"pruned after {len(result.folds)} fold(s)")
+            raise optuna.TrialPruned(
+                f"pruned after {max(f.n_epochs for f in result.folds)} epoch(s) of every fold"
+                if self.config.fold_mode == "batched" else
+                f"pruned after {len(result.folds)} fold(s)")
         return result.val_loss
+
+
+def pruner_reports(config: StudyConfig) -> Callable[[EpochMetrics], list[tuple[int, float]]]:
+    """What a trial of ``config`` reports to the pruner, as (step, value), for each epoch
+    its trainer reports: `RunningCV` over the folds in their order, or with batched folds
+    and ``batched_pruning="epoch"``, `AcrossFolds`."""
+    epochs = config.max_epochs
+    if config.fold_mode == "batched" and config.batched_pruning == "epoch":
+        return AcrossFolds(config.n_folds, epochs)
+    estimate = RunningCV(epochs)
+    # batched folds report epoch by epoch across folds: the pruner sees what sequential
+    # folds report, in their order (`InFoldOrder`)
+    in_order = InFoldOrder(epochs) if config.fold_mode == "batched" else (lambda m: [m])
+    return lambda m: [(r.step, estimate.update(r.fold, r.epoch, r.best_val_loss))
+                      for r in in_order(m)]
+
+
+class AcrossFolds:
+    """The pruner's view of batched folds, epoch by epoch: every fold's best loss so far,
+    averaged, once every fold still training has reported the epoch (a copy that early
+    stopping froze counts with its best). Reported at the epoch's step in the first fold's
+    range (``step = epoch``), where sequential folds report the first fold alone, an estimate
+    of the same quantity from one fold; once every fold has ended, the final mean is reported
+    at each later fold's last step, as sequential folds report there.
+    """
+
+    def __init__(self, n_folds: int, max_epochs: int) -> None:
+        self.n_folds, self.max_epochs = n_folds, max_epochs
+        self.best: dict[int, float] = {}
+        self.ended: set[int] = set()
+        self.seen: dict[int, set[int]] = {}
+        self.done = False
+
+    def __call__(self, m: EpochMetrics) -> list[tuple[int, float]]:
+        self.best[m.fold] = m.best_val_loss
+        out = []
+        if m.filled or m.epoch == self.max_epochs - 1:
+            self.ended.add(m.fold)
+        if not m.filled:
+            seen = self.seen.setdefault(m.epoch, set())
+            seen.add(m.fold)
+            if len(seen | self.ended) == self.n_folds:
+                out.append((m.epoch, self._mean()))
+        if len(self.ended) == self.n_folds and not self.done:
+            self.done = True
+            last = self.max_epochs - 1
+            out += [(fold * self.max_epochs + last, self._mean())
+                    for fold in range(1, self.n_folds)]
+        return out
+
+    def _mean(self) -> float:
+        return sum(self.best.values()) / len(self.best)
 
 
 class RunningCV:

@@ -13,7 +13,8 @@ from optuna.trial import TrialState
 
 from search.config import build_config
 from search.names import FOLD_LOSSES_ATTR
-from search.worker import InFoldOrder, RunningCV
+from search.study import make_pruner
+from search.worker import InFoldOrder, pruner_reports
 from trainers.fit import EpochMetrics
 
 EPOCHS = 4
@@ -24,13 +25,14 @@ def _metrics(fold: int, epoch: int, best: float, filled: bool = False) -> EpochM
                         val_loss=best, val_accuracy=0.5, best_val_loss=best, filled=filled)
 
 
-def _pruner_sees(reports: list[EpochMetrics], batched: bool) -> list[tuple[int, float]]:
-    """(step, value) pairs the objective reports to Optuna, as `Objective._run` makes them."""
-    estimate, in_order, seen = RunningCV(EPOCHS), InFoldOrder(EPOCHS), []
-    for m in reports:
-        for r in (in_order(m) if batched else [m]):
-            seen.append((r.step, estimate.update(r.fold, r.epoch, r.best_val_loss)))
-    return seen
+def _pruner_sees(reports: list[EpochMetrics], batched: bool,
+                 batched_pruning: str = "fold-end") -> list[tuple[int, float]]:
+    """(step, value) pairs the objective reports to Optuna (`search.worker.pruner_reports`)."""
+    config = build_config("digits", n_folds=len(CURVES), max_epochs=EPOCHS,
+                          fold_mode="batched" if batched else "sequential",
+                          batched_pruning=batched_pruning)
+    to_pruner = pruner_reports(config)
+    return [pair for m in reports for pair in to_pruner(m)]
 
 
 # best-so-far curves of three folds; fold 1 stops early after epoch 1, fold 2 trains them all
@@ -69,6 +71,33 @@ def test_batched_folds_report_to_the_pruner_what_sequential_folds_report_at_fold
     assert batched[-1][1] == pytest.approx((1.1 + 1.6 + 1.3) / 3)
 
 
+def test_batched_folds_judged_by_epoch_report_every_folds_mean_at_each_epoch() -> None:
+    seen = _pruner_sees(_batched(), batched=True, batched_pruning="epoch")
+    # fold 1 stopped after epoch 1 and counts with its best, 1.6, from then on
+    means = [(2.0 + 1.8 + 2.2) / 3, (1.5 + 1.6 + 1.9) / 3, (1.2 + 1.6 + 1.4) / 3,
+             (1.1 + 1.6 + 1.3) / 3]
+    assert [s for s, _ in seen] == [0, 1, 2, 3, 7, 11]
+    assert [v for _, v in seen] == pytest.approx(means + [means[-1]] * 2)
+    # the last fold-end value is the trial's CV loss, as with sequential folds
+    assert seen[-1][1] == pytest.approx(_pruner_sees(_sequential(), batched=False)[-1][1])
+
+
+def test_the_pruner_judges_batched_folds_by_epoch_from_half_the_epochs_on() -> None:
+    from optuna.pruners import MedianPruner
+
+    config = build_config("digits", max_epochs=30, fold_mode="batched", pruner="median",
+                          batched_pruning="epoch")
+    pruner = make_pruner(config)
+    assert isinstance(pruner, MedianPruner)
+    assert (pruner._n_warmup_steps, pruner._interval_steps) == (15, 1)
+    # sequential folds and the fold-end view: the end of every fold
+    for other in (config.replace(fold_mode="sequential"), config.replace(batched_pruning="fold-end")):
+        pruner = make_pruner(other)
+        assert (pruner._n_warmup_steps, pruner._interval_steps) == (29, 30)
+    with pytest.raises(ValueError, match="--batched-pruning"):
+        build_config("digits", batched_pruning="always")
+
+
 def test_a_later_fold_that_ends_first_waits_for_the_folds_before_it() -> None:
     in_order = InFoldOrder(EPOCHS)
     assert in_order(_metrics(1, EPOCHS - 1, 0.9, filled=True)) == []
@@ -95,6 +124,7 @@ def test_a_batched_digits_study_runs_end_to_end(tmp_path: Path) -> None:
     config = build_config("digits", n_trials=2, n_folds=3, max_epochs=3, pruner="none", seed=0,
                           storage=f"sqlite:///{tmp_path}/optuna.db",
                           tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", fold_mode="batched",
+                          batched_pruning="epoch",
                           overrides=["model.units=64", "model.hidden_layers=2"], report=False)
     run_study(config, progress=False)
     trials = open_study(config).trials
@@ -103,6 +133,9 @@ def test_a_batched_digits_study_runs_end_to_end(tmp_path: Path) -> None:
         losses = t.user_attrs[FOLD_LOSSES_ATTR]
         assert len(losses) == 3 and t.value == pytest.approx(sum(losses) / 3)
         assert t.value < 2.0  # ln 10 = 2.30: every trial learned
+        # judged by epoch: every fold's mean each epoch, the CV loss at the last
+        assert sorted(t.intermediate_values) == [0, 1, 2, 5, 8]
+        assert t.intermediate_values[2] == pytest.approx(t.value)
 
 
 @pytest.mark.parametrize("extra, named", [
