@@ -8,7 +8,7 @@ import math
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import keras
 import optuna
@@ -134,7 +134,7 @@ class Objective:
             reports = to_pruner(m)
             for step, value in reports:
                 trial.report(value, step)
-            return bool(reports) and trial.should_prune()
+            return bool(reports) and not to_pruner.finished and trial.should_prune()
 
         def on_failed(state: RunState, reason: str) -> None:
             if state == "FAIL":  # an interruption is recorded by `__call__`, whatever it cut
@@ -163,19 +163,30 @@ class Objective:
         return result.val_loss
 
 
-def pruner_reports(config: StudyConfig) -> Callable[[EpochMetrics], list[tuple[int, float]]]:
-    """What a trial of ``config`` reports to the pruner, as (step, value), for each epoch
-    its trainer reports: `RunningCV` over the folds in their order, or with batched folds
-    and ``batched_pruning="epoch"``, `AcrossFolds`."""
-    epochs = config.max_epochs
+def pruner_reports(config: StudyConfig) -> "FoldEnds | AcrossFolds":
+    """What a trial of ``config`` reports to the pruner, as (step, value) pairs, for each
+    epoch its trainer reports: `FoldEnds`, or with batched folds and
+    ``batched_pruning="epoch"``, `AcrossFolds`."""
     if config.fold_mode == "batched" and config.batched_pruning == "epoch":
-        return AcrossFolds(config.n_folds, epochs)
-    estimate = RunningCV(epochs)
-    # batched folds report epoch by epoch across folds: the pruner sees what sequential
-    # folds report, in their order (`InFoldOrder`)
-    in_order = InFoldOrder(epochs) if config.fold_mode == "batched" else (lambda m: [m])
-    return lambda m: [(r.step, estimate.update(r.fold, r.epoch, r.best_val_loss))
-                      for r in in_order(m)]
+        return AcrossFolds(config.n_folds, config.max_epochs)
+    return FoldEnds(config.max_epochs, batched=config.fold_mode == "batched")
+
+
+class FoldEnds:
+    """`RunningCV` over the folds in their order; batched folds report epoch by epoch across
+    folds, so the pruner sees what sequential folds report, in their order (`InFoldOrder`).
+    The pruner may stop a trial at its last fold's end (``finished`` stays False)."""
+
+    finished = False
+
+    def __init__(self, max_epochs: int, *, batched: bool) -> None:
+        self.estimate = RunningCV(max_epochs)
+        self.in_order = InFoldOrder(max_epochs) if batched else None
+
+    def __call__(self, m: EpochMetrics) -> list[tuple[int, float]]:
+        reports = self.in_order(m) if self.in_order is not None else [m]
+        return [(r.step, self.estimate.update(r.fold, r.epoch, r.best_val_loss))
+                for r in reports]
 
 
 class AcrossFolds:
@@ -184,7 +195,8 @@ class AcrossFolds:
     stopping froze counts with its best). Reported at the epoch's step in the first fold's
     range (``step = epoch``), where sequential folds report the first fold alone, an estimate
     of the same quantity from one fold; once every fold has ended, the final mean is reported
-    at each later fold's last step, as sequential folds report there.
+    at each later fold's last step, as sequential folds report there. Then the trial is
+    ``finished``: nothing is left for the pruner to save, and it is not asked.
     """
 
     def __init__(self, n_folds: int, max_epochs: int) -> None:
@@ -192,7 +204,7 @@ class AcrossFolds:
         self.best: dict[int, float] = {}
         self.ended: set[int] = set()
         self.seen: dict[int, set[int]] = {}
-        self.done = False
+        self.finished = False
 
     def __call__(self, m: EpochMetrics) -> list[tuple[int, float]]:
         self.best[m.fold] = m.best_val_loss
@@ -204,8 +216,8 @@ class AcrossFolds:
             seen.add(m.fold)
             if len(seen | self.ended) == self.n_folds:
                 out.append((m.epoch, self._mean()))
-        if len(self.ended) == self.n_folds and not self.done:
-            self.done = True
+        if len(self.ended) == self.n_folds and not self.finished:
+            self.finished = True
             last = self.max_epochs - 1
             out += [(fold * self.max_epochs + last, self._mean())
                     for fold in range(1, self.n_folds)]
