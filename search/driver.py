@@ -195,6 +195,7 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
     baselines: dict[str, dict[str, Any]] = {}
     bars = StudyProgress(config.name, config.n_trials, count_trials(study), _best_value(study),
                          console=console, n_folds=config.n_folds, max_epochs=config.max_epochs,
+                         batched=config.fold_mode == "batched",
                          bars=progress)
     with bars:
         if config.baselines:
@@ -252,7 +253,8 @@ def run_worker(config: StudyConfig, *, worker_index: int, data_dir: str | None =
     session = _open_session(config, data_dir=data_dir, progress=False, worker=worker_index)
     reporter = StudyProgress(config.name, config.n_trials, count_trials(session.study),
                              _best_value(session.study), console=console,
-                             n_folds=config.n_folds, max_epochs=config.max_epochs, bars=False)
+                             n_folds=config.n_folds, max_epochs=config.max_epochs,
+                             batched=config.fold_mode == "batched", bars=False)
     objective = Objective(config, session.data.train, session.training.folds,
                           session.training.models, session.tracker, session.parent,
                           progress=reporter, class_weight=session.training.class_weight)

@@ -61,9 +61,10 @@ class StudyProgress:
 
     def __init__(self, study_name: str, n_trials: int, counts: dict[str, int], best: float | None,
                  *, console: Console | None = None, n_folds: int = 1, max_epochs: int = 1,
-                 bars: bool = True, log_every: float = LOG_EVERY_SECONDS) -> None:
+                 batched: bool = False, bars: bool = True,
+                 log_every: float = LOG_EVERY_SECONDS) -> None:
         self.console = console or Console(stderr=True)
-        self.n_folds, self.max_epochs = n_folds, max_epochs
+        self.n_folds, self.max_epochs, self.batched = n_folds, max_epochs, batched
         self.counts = dict(counts)
         self.best = best
         self.live = bars and self.console.is_terminal

@@ -363,7 +363,8 @@ def announce(progress: StudyProgress, trial: optuna.trial.FrozenTrial) -> None:
     if state == "FAIL":
         detail = f" ({trial.user_attrs.get(FAIL_REASON_ATTR, 'no reason recorded')})"
     elif state == "PRUNED" and trial.last_step is not None:
-        detail = " " + where_stopped(trial.last_step, progress.n_folds, progress.max_epochs)
+        detail = " " + where_stopped(trial.last_step, progress.n_folds, progress.max_epochs,
+                                     batched=progress.batched)
     if value is not None and trial.user_attrs.get(AT_CHANCE_ATTR):
         # complete, but never the answer (`search.selection`): not the study's best either
         detail = (f" with cv val_loss {value:.4g}, no better than chance level "
@@ -377,11 +378,14 @@ def announce(progress: StudyProgress, trial: optuna.trial.FrozenTrial) -> None:
     progress.trial_finished(trial.number, state, value, detail, seconds=seconds)
 
 
-def where_stopped(step: int, n_folds: int, max_epochs: int) -> str:
-    """``in fold 2/3 at epoch 30/30`` for the step a trial last reported.
+def where_stopped(step: int, n_folds: int, max_epochs: int, *, batched: bool = False) -> str:
+    """``in fold 2/3 at epoch 30/30`` for the step a trial last reported; with batched
+    folds, which train together, ``at epoch 12/30 of every fold``.
 
     Trials report ``step = fold * max_epochs + epoch`` (`search.study.make_pruner`): an
     internal count that a user should not have to decode.
     """
     fold, epoch = divmod(step, max_epochs)
+    if batched:
+        return f"at epoch {epoch + 1}/{max_epochs} of every fold"
     return f"in fold {fold + 1}/{n_folds} at epoch {epoch + 1}/{max_epochs}"

@@ -16,3 +16,11 @@ from search.worker import where_stopped
 ])
 def test_where_stopped_speaks_in_folds_and_epochs(step, n_folds, max_epochs, text) -> None:
     assert where_stopped(step, n_folds, max_epochs) == text
+
+
+@pytest.mark.parametrize("step,text", [
+    (14, "at epoch 15/30 of every fold"),  # judged by epoch (`search.worker.AcrossFolds`)
+    (29, "at epoch 30/30 of every fold"),  # judged at the first fold's end: all trained it
+])
+def test_where_a_batched_trial_stopped_is_an_epoch_of_every_fold(step, text) -> None:
+    assert where_stopped(step, 3, 30, batched=True) == text
