@@ -56,12 +56,19 @@ def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 _TAG_RACE_ATTEMPTS = 4
 
 
+# How a unique-key violation reads once a tracking server has turned it into its answer
+# (PostgreSQL, SQLite, MySQL)
+_DUPLICATE_KEY_WORDS = ("duplicate key value violates unique constraint",
+                        "UNIQUE constraint failed", "Duplicate entry")
+
+
 def _duplicate_key(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what it was raised from) is the database's unique-key violation."""
+    """Whether ``exc`` (or what it was raised from) is the database's unique-key violation,
+    raised here (a database store) or answered by a tracking server (its message)."""
     from sqlalchemy.exc import IntegrityError
 
     while exc is not None:
-        if isinstance(exc, IntegrityError):
+        if isinstance(exc, IntegrityError) or any(w in str(exc) for w in _DUPLICATE_KEY_WORDS):
             return True
         exc = exc.__cause__
     return False

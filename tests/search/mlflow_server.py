@@ -1,4 +1,4 @@
-"""A real ``mlflow server`` on loopback (SQLite runs, artifacts served), for the tests of a
+"""A real ``mlflow server`` on loopback (SQLite runs unless told, artifacts served), for the tests of a
 study tracked on a server, including one that goes away and comes back on the same port."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from tests.search.pg import free_port
 
 
 class MlflowServer:
-    def __init__(self, root: Path, workers: int = 2) -> None:
+    def __init__(self, root: Path, workers: int = 2, backend_store_uri: str | None = None) -> None:
         self.root, self.port, self.workers = root, free_port(), workers
+        self.backend_store_uri = backend_store_uri or f"sqlite:///{root}/mlflow.db"
         self.url = f"http://127.0.0.1:{self.port}"
         self._proc: subprocess.Popen | None = None
 
@@ -25,7 +26,7 @@ class MlflowServer:
         with (self.root / "server.log").open("ab") as log:
             self._proc = subprocess.Popen(
                 [mlflow, "server", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--workers", str(self.workers), "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
+                 "--workers", str(self.workers), "--backend-store-uri", self.backend_store_uri,
                  "--artifacts-destination", str(self.root / "artifacts")],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )

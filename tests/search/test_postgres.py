@@ -206,24 +206,41 @@ def test_a_storage_lost_mid_study_stops_the_run_with_one_line(tmp_path: Path) ->
     assert last.endswith("run the same command again once it answers")
 
 
-def test_workers_setting_the_same_experiment_tags_at_once_all_succeed(postgres) -> None:
+@pytest.mark.parametrize("through", ["database", "server"])
+def test_workers_setting_the_same_experiment_tags_at_once_all_succeed(
+        postgres, through, tmp_path) -> None:
     """Every worker records the trials view on the experiment as it starts; on PostgreSQL,
     MLflow's read-then-insert of a new experiment tag lets all but one of them hit a
-    duplicate key (a worker exited with it in CI). Eight trackers in threads, released together
-    by a barrier, set the same fresh tags ten times over; none may fail."""
+    duplicate key (a worker exited with it in CI), directly or through a tracking server on
+    that database. Eight trackers in threads, released together by a barrier, set the same
+    fresh tags ten times over; none may fail."""
+    from search.mlflow_tracker import MlflowTracker
+    from tests.search.mlflow_server import MlflowServer
+
+    uri = postgres.mlflow
+    server = None
+    if through == "server":
+        server = MlflowServer(tmp_path, workers=4, backend_store_uri=postgres.mlflow)
+        server.start()
+        uri = server.url
+    try:
+        _race_experiment_tags([MlflowTracker(uri) for _ in range(8)])
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _race_experiment_tags(trackers: list) -> None:
     import threading
     import uuid
 
-    from search.mlflow_tracker import MlflowTracker
-
-    trackers = [MlflowTracker(postgres.mlflow) for _ in range(8)]
     parent = trackers[0].open_parent(f"tag-race-{uuid.uuid4().hex[:8]}", {}, tags={})
     errors: list[BaseException] = []
     for round_ in range(10):
         tags = {f"view.{round_}.{i}": json.dumps({"round": round_, "i": i}) for i in range(3)}
         barrier = threading.Barrier(len(trackers))
 
-        def write(tracker: MlflowTracker) -> None:
+        def write(tracker) -> None:  # noqa: ANN001
             barrier.wait()
             try:
                 tracker.set_experiment_tags(parent, tags)
