@@ -188,10 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise  # regsearch's own error: keep its traceback
         # the next run that opens the study gives this as the reason of a trial left RUNNING
         record_exit(str(lost))
-        print(f"error: {lost}; the running trial does not count against the budget and its "
-              f"recipe is trained again (a trial left running is failed and queued by the next "
-              f"run that opens the study: at once on this host, after the heartbeat's grace "
-              f"period on another): run the same command again {lost.remedy}", file=sys.stderr)
+        print(f"error: {lost}; {lost.advice}", file=sys.stderr)
         return EXIT_STORE_LOST
     return 130 if outcome.interrupted else 0
 
@@ -219,11 +216,11 @@ def _store_lost(exc: BaseException, storage: str):  # -> search.tracking.StoreLo
     database driver's error: it is told by `search.stores.lost_cause` and named so.
     """
     from search.redact import redact_url
-    from search.stores import lost_cause, store_lost_in
+    from search.stores import SQLITE_WAIT_SECONDS, lost_cause, store_lost_in
     from search.tracking import StorageLost
 
     lost = store_lost_in(exc)
-    if lost is None and (words := lost_cause(exc, storage)) is not None:
+    if lost is None and (words := lost_cause(exc, storage, wait=SQLITE_WAIT_SECONDS)) is not None:
         lost = StorageLost(f"the Optuna storage {redact_url(storage)}", words)
     return lost
 

@@ -8,8 +8,10 @@ and exactly ``--trials`` trained trials counted: read back with Optuna's and MLf
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -37,14 +39,18 @@ SHORT = [sys.executable, "-m", "search.run", "--study", "digits", "--trials", "2
 def assert_nothing_lost(storage: str, tracking_uri: str, n_trials: int) -> None:
     """The accounting every run must leave: nothing RUNNING or WAITING; ``n_trials`` trials
     trained and counted; every failed trial stopped for a reason not its recipe's, with its
-    recipe trained again; every MLflow run closed, each trial's with the trial's outcome."""
+    recipe trained again (by its retry, or its retry's retry when that was stopped too); every
+    MLflow run closed, each trial's with the trial's outcome."""
     study = optuna.load_study(study_name="digits", storage=storage)
     trials = study.get_trials()
     assert [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)] == []
     trained = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(trained) == n_trials, [(t.number, t.state.name) for t in trials]
+    retry_of = {t.user_attrs["retry_of"]: t for t in trials if "retry_of" in t.user_attrs}
     for failed in (t for t in trials if t.state == TrialState.FAIL):
-        retry = next((t for t in trained if t.user_attrs.get("retry_of") == failed.number), None)
+        retry = retry_of.get(failed.number)
+        while retry is not None and retry.state == TrialState.FAIL:
+            retry = retry_of.get(retry.number)
         assert retry is not None and retry.params == failed.params, failed.user_attrs
     assert count_trials(study)["budget"] == n_trials  # regsearch's own count agrees
 
@@ -201,6 +207,54 @@ def test_a_full_disk_under_the_stores_stops_the_run_like_a_lost_store(small_disk
                      trial.user_attrs["fail_reason"]), trial.user_attrs["fail_reason"]
     run = MlflowClient(tracking).get_run(trial.user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED" and run.data.tags["interrupted"] == "true"
+
+
+@contextlib.contextmanager
+def _locked(db: Path):
+    """Another process's write lock on the SQLite file ``db``, held as a ``sqlite3`` shell
+    inside ``BEGIN EXCLUSIVE`` holds it."""
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as shell:
+        shell.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            shell.execute("ROLLBACK")
+
+
+def test_a_store_locked_by_another_process_past_its_wait_stops_the_run_like_a_lost_store(
+        tmp_path) -> None:
+    """A store file locked by another process while trial 0 trains, longer than the store's
+    client waits for it (SQLite's busy timeout): MLflow's first (MLflow waits 20 s), then, on
+    the rerun, Optuna's (its 60 s shortened for the test). Each stops the run in one line, exit
+    75, the trial not counted; once the lock is gone, a rerun leaves nothing lost."""
+    env = {**ENV, "REGSEARCH_SQLITE_WAIT_SECONDS": "3"}
+    storage, tracking = _stores(tmp_path)
+    for name, store in (("mlflow.db", "MLflow at sqlite:///mlruns/mlflow.db"),
+                        ("optuna.db", "the Optuna storage sqlite:///mlruns/optuna.db")):
+        proc = start_training(LONG_TRIALS, cwd=tmp_path, env=env, storage=storage)
+        with _locked(tmp_path / "mlruns" / name):
+            output = proc.communicate(timeout=300)[0]
+        assert proc.returncode == 75, output[-4000:]
+        assert "Traceback" not in output, output[-4000:]
+        error = [line for line in output.splitlines() if line.startswith("error:")]
+        assert error == output.strip().splitlines()[-1:], output[-4000:]
+        assert error[0].startswith(f"error: {store} was locked by another process for over "
+                                   f"{20 if name == 'mlflow.db' else 3} s (database is locked); "
+                                   f"the running trial does not count"), error[0]
+        assert error[0].endswith("run the same command again once nothing else holds it (close "
+                                 "what does: a sqlite3 shell inside a transaction, an mlflow ui "
+                                 "or mlflow db upgrade migrating it)"), error[0]
+
+    done = _rerun(with_trials(LONG_TRIALS, 1), tmp_path)
+    assert "stopped when a store failed" in done.stderr, done.stderr[-4000:]
+    assert_nothing_lost(storage, tracking, n_trials=1)
+    stopped = [t for t in optuna.load_study(study_name="digits", storage=storage).trials
+               if t.state == TrialState.FAIL]
+    assert [t.number for t in stopped] == [0, 1]
+    for trial, name in zip(stopped, ("MLflow at", "the Optuna storage")):
+        assert trial.user_attrs["interrupted"] is True
+        assert f"{name} sqlite:///mlruns/" in trial.user_attrs["fail_reason"]
+        assert "was locked by another process" in trial.user_attrs["fail_reason"]
 
 
 def _stores_on(folder: Path):
