@@ -347,7 +347,7 @@ def lost_cause(exc: BaseException, uri: str, *, files: bool = False,
         if code.startswith(_SQLITE_DAMAGED):
             return f"{DAMAGED} ({_driver_line(error, uri)})"
         if code.startswith(_SQLITE_FILE_FAULTS):
-            return f"failed ({_driver_line(error, uri)})"
+            return f"failed ({_driver_line(error, uri)}{_file_state(sqlite_path(uri))})"
         # PostgreSQL's SQLSTATE, as its drivers give it (psycopg2: pgcode, psycopg 3: sqlstate;
         # MLflow's own errors carry a sqlstate of their own)
         state = (str(getattr(error, "pgcode", None) or getattr(error, "sqlstate", None) or "")
@@ -390,6 +390,25 @@ _SQLITE_DAMAGED = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 _PG_SERVER_FAULTS = ("53", "58", "XX")
 _FILE_SYSTEM_FAULTS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG,
                        errno.EACCES}
+
+
+def _file_state(path: Path | None) -> str:
+    """What the file system says of a store file when SQLite cannot use it, if it explains it.
+
+    SQLite's own words can mislead: a folder made read-only says "unable to open database
+    file" (the journal cannot be made), a file deleted or moved away under an open database
+    "attempt to write a readonly database".
+    """
+    if path is None:
+        return ""
+    folder = path.absolute().parent
+    if not folder.is_dir():
+        return f"; its folder {folder} is gone"
+    if not path.exists():
+        return f"; {path.absolute()} was deleted or moved away"
+    if os.statvfs(folder).f_flag & os.ST_RDONLY:
+        return f"; {folder} is on a read-only file system"
+    return ""
 
 
 def raise_store_lost(engine, store: str, url: str) -> None:

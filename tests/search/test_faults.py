@@ -257,6 +257,86 @@ def test_a_store_locked_by_another_process_past_its_wait_stops_the_run_like_a_lo
         assert "was locked by another process" in trial.user_attrs["fail_reason"]
 
 
+@pytest.fixture
+def bind_mounts(tmp_path) -> None:
+    """Skip where a folder cannot be bind-mounted (mount needs root, or CAP_SYS_ADMIN)."""
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    mounted = subprocess.run(["mount", "--bind", str(probe), str(probe)], capture_output=True,
+                             text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount a folder here: {mounted.stderr.strip()}")
+    subprocess.run(["umount", str(probe)], check=True)
+
+
+@contextlib.contextmanager
+def _read_only(folder: Path):
+    """``folder`` made read-only while files in it are open for writing: the kernel refuses to
+    remount a file system so, but a read-only bind mount of the folder over itself takes. Open
+    file descriptors still write the old mount; every file made anew (SQLite's journal,
+    MLflow's artifacts, lock files) fails with EROFS."""
+    subprocess.run(["mount", "--bind", str(folder), str(folder)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_stores_made_read_only_mid_study_stop_the_run_like_a_lost_store(bind_mounts,
+                                                                       tmp_path) -> None:
+    storage, tracking = _stores(tmp_path)
+    proc = start_training(LONG_TRIALS, cwd=tmp_path, env=ENV, storage=storage)
+    with _read_only(tmp_path / "mlruns"):
+        output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 75, output[-4000:]
+    assert "Traceback" not in output, output[-4000:]
+    error = [line for line in output.splitlines() if line.startswith("error:")]
+    assert error == output.strip().splitlines()[-1:], output[-4000:]
+    # SQLite cannot make its journal: "unable to open database file", which the line explains
+    assert re.match(rf"error: (the Optuna storage sqlite:///mlruns/optuna.db|MLflow at "
+                    rf"sqlite:///mlruns/mlflow.db) failed \(.+; {tmp_path}/mlruns is on a "
+                    rf"read-only file system\); ", error[0]), error[0]
+    assert error[0].endswith("run the same command again once that is fixed"), error[0]
+
+    done = _rerun(with_trials(LONG_TRIALS, 1), tmp_path)
+    assert "stopped when a store failed" in done.stderr, done.stderr[-4000:]
+    assert_nothing_lost(storage, tracking, n_trials=1)
+
+
+def test_a_store_file_damaged_mid_study_stops_the_run_and_says_what_to_do(tmp_path) -> None:
+    """Junk over the first page of the Optuna database while trial 0 trains: the run stops in
+    one line saying the file cannot be resumed, MLflow's runs are closed at once (they would
+    stay RUNNING if the file is moved aside), and the rerun refuses the file, saying what to
+    do, before writing anything."""
+    storage, tracking = _stores(tmp_path)
+    proc = start_training(LONG_TRIALS, cwd=tmp_path, env=ENV, storage=storage)
+    with (tmp_path / "mlruns" / "optuna.db").open("r+b") as file:
+        file.write(b"junk" * 1024)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 75, output[-4000:]
+    assert "Traceback" not in output, output[-4000:]
+    last = output.strip().splitlines()[-1]
+    assert last == ("error: the Optuna storage sqlite:///mlruns/optuna.db is damaged (file is not "
+                    "a database); a damaged database cannot be resumed: restore the file from a "
+                    "backup and run the same command again, or move it aside to start that "
+                    "store anew (what it held is lost)"), output[-4000:]
+    client = MlflowClient(tracking)
+    runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    assert {r.info.run_name: r.info.status for r in runs} == {"digits": "KILLED",
+                                                              "trial-0": "KILLED"}
+
+    again = subprocess.run(LONG_TRIALS, cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                           timeout=300, check=False)
+    assert again.returncode == 2, again.stderr[-4000:]
+    assert again.stderr.strip().splitlines() == [
+        "error: --storage sqlite:///mlruns/optuna.db: mlruns/optuna.db is not a SQLite database "
+        "(it does not start with SQLite's header: damaged, or a file of another kind); nothing "
+        "was written to it. --fresh cannot help (it must read the store first): move the file "
+        "aside (or restore it from a backup) to start a new store there, or point --storage at "
+        "another file."]
+
+
 def _stores_on(folder: Path):
     """An Optuna study on SQLite, one on a journal file, and an MLflow tracker with a parent
     run, all in ``folder``, each holding a trial or a run already."""
@@ -310,11 +390,11 @@ def test_a_store_file_damaged_mid_study_raises_store_lost(tmp_path) -> None:
     for name in ("optuna.db", "mlflow.db"):
         with (tmp_path / name).open("r+b") as file:
             file.write(b"junk" * 1024)
-    with pytest.raises(StorageLost, match=r"failed \((file is not a database|database disk "
-                                          r"image is malformed)\)$"):
+    with pytest.raises(StorageLost, match=r"is damaged \((file is not a database|database "
+                                          r"disk image is malformed)\)$"):
         _write_until_lost(sqlite)
-    with pytest.raises(TrackingLost, match=r"failed \((file is not a database|database disk "
-                                           r"image is malformed)\)$"):
+    with pytest.raises(TrackingLost, match=r"is damaged \((file is not a database|database "
+                                           r"disk image is malformed)\)$"):
         tracker.log_metrics(parent, {"m": 1.0})
 
 
