@@ -43,6 +43,7 @@ from search.recording import close_runs_left_running, close_trial_run
 from search.redact import redact_url
 from search.selection import at_chance, nothing_selected, ranked_trials, selected_trial
 from search.stores import EXIT_STORE_LOST
+from search.stopping import as_stop
 from search.study import STALE_REASON, TPE_DEFAULTS, count_trials, open_study, quiet_optuna
 from search.tracking import StorageLost, StoreLost, Tracker
 from search.training import Training, prepare_training
@@ -210,7 +211,9 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
                         console=console, class_weight=session.training.class_weight,
                         progress=bars,
                     )
-                except KeyboardInterrupt:
+                except BaseException as exc:
+                    if as_stop(exc) is None:  # a stop a library turned into its own error too
+                        raise
                     interrupted = True
             if interrupted:
                 pass
@@ -222,7 +225,9 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
                                       class_weight=session.training.class_weight)
                 try:
                     run_trials(study, objective, n_trials=config.n_trials, timeout=config.timeout)
-                except KeyboardInterrupt:
+                except BaseException as exc:
+                    if as_stop(exc) is None:  # a stop a library turned into its own error too
+                        raise
                     interrupted = True
             counts = count_trials(study)
             if config.stop_within_noise and CONVERGED_ATTR in study.user_attrs:
@@ -233,7 +238,9 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
                 try:
                     _report(study, config, session.data, session.training, tracker, parent,
                             baselines, console, bars)
-                except KeyboardInterrupt:
+                except BaseException as exc:
+                    if as_stop(exc) is None:  # a stop a library turned into its own error too
+                        raise
                     interrupted = True
         finish_parent(study, config, tracker, parent, interrupted=interrupted)
     except StorageLost:

@@ -60,7 +60,7 @@ def train_recorded(tracker: Tracker, run_id: str, train: Train, *, n_classes: in
     the pruner stopped it; a recipe that did not beat chance level (ln ``n_classes``) in
     every fold is tagged so (`search.selection`). An exception closes the run INTERRUPTED (Ctrl-C, SIGTERM) or FAIL,
     with its reason, after ``on_failed(state, reason)`` (the caller records it first, in
-    Optuna), and propagates. A store that failed (`search.tracking.StoreLost`: MLflow's, or
+    Optuna), and propagates (a stop as the KeyboardInterrupt it is: `as_stop`). A store that failed (`search.tracking.StoreLost`: MLflow's, or
     Optuna's in the trainer's per-epoch report) is not the recipe's failure and propagates
     without ``on_failed``: the caller ends the trial in Optuna if it still answers. The run is
     closed INTERRUPTED at once when MLflow is not the store that failed (were the Optuna store
@@ -92,6 +92,8 @@ def train_recorded(tracker: Tracker, run_id: str, train: Train, *, n_classes: in
         if on_failed is not None:
             on_failed(state, reason)
         tracker.finish_run(run_id, state, reason=reason)
+        if stop is not None and stop is not exc:
+            raise stop from exc  # a stop that a library turned into its own error
         raise
     summary = summarize(result, lead_seconds=lead_seconds)
     # cv_val_loss is logged by fold (`fold_scores`); its last value is the summary's

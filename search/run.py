@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     from search.driver import run_study, run_worker  # imports Keras: settings are valid
     from search.liveness import record_exit
-    from search.stopping import remember_ctrl_c, stop_cleanly_on, stop_with_launcher
+    from search.stopping import as_stop, remember_ctrl_c, stop_cleanly_on, stop_with_launcher
     from search.stores import EXIT_STORE_LOST
 
     # A worker stops once, whoever asks (the terminal's Ctrl-C, the launcher's SIGTERM, both);
@@ -184,6 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except Exception as exc:
         lost = _store_lost(exc, config.storage)
+        if lost is None and as_stop(exc) is not None:
+            # a stop that a library turned into its own error where nothing caught it
+            print("interrupted: rerun the same command to resume.", file=sys.stderr)
+            return 130
         if lost is None:
             raise  # regsearch's own error: keep its traceback
         # the next run that opens the study gives this as the reason of a trial left RUNNING

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -139,7 +140,25 @@ def test_sigkill_at_model_build_and_at_the_report_loses_no_trial_and_no_run(tmp_
     counts = count_trials(optuna.load_study(study_name="digits", storage=storage))
     assert counts["budget"] == 2 and counts["running"] == 0  # the report follows the trials
 
-    # 3. a rerun with the budget spent trains no trial and writes the report
+    # 3. a rerun with the budget spent goes straight to the report; SIGTERM while it retrains
+    # (the signal may land inside Keras's tracing, which turns it into its own TypeError)
+    proc = subprocess.Popen(SHORT, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    reporting, lines = _printed(proc, r"^retraining ")
+    deadline = time.monotonic() + 300
+    while not reporting() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 130, "".join(lines)[-4000:]
+    time.sleep(0.5)  # the reader thread has the last lines
+    assert "Traceback" not in "".join(lines), "".join(lines)[-4000:]
+    client = MlflowClient(tracking)
+    parent = optuna.load_study(study_name="digits", storage=storage).user_attrs[
+        "regsearch.mlflow_parent_run_id"]
+    assert client.get_run(parent).info.status == "KILLED"
+
+    # 4. a rerun with the budget spent trains no trial and writes the report
     done = _rerun(SHORT, tmp_path)
     assert "budget of 2 trials already spent" in done.stderr, done.stderr[-4000:]
     assert "held-out report of digits" in done.stderr, done.stderr[-4000:]
