@@ -42,8 +42,8 @@ from search.recipe_file import recipe_document, write_recipe
 from search.recording import close_runs_left_running, close_trial_run
 from search.redact import redact_url
 from search.selection import at_chance, nothing_selected, ranked_trials, selected_trial
-from search.stores import EXIT_STORE_LOST
 from search.stopping import as_stop
+from search.stores import EXIT_STORE_LOST
 from search.study import STALE_REASON, TPE_DEFAULTS, count_trials, open_study, quiet_optuna
 from search.tracking import StorageLost, StoreLost, Tracker
 from search.training import Training, prepare_training

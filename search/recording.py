@@ -58,14 +58,15 @@ def train_recorded(tracker: Tracker, run_id: str, train: Train, *, n_classes: in
 
     A finished training logs its summary (`summarize`) and closes COMPLETE, or PRUNED when
     the pruner stopped it; a recipe that did not beat chance level (ln ``n_classes``) in
-    every fold is tagged so (`search.selection`). An exception closes the run INTERRUPTED (Ctrl-C, SIGTERM) or FAIL,
-    with its reason, after ``on_failed(state, reason)`` (the caller records it first, in
-    Optuna), and propagates (a stop as the KeyboardInterrupt it is: `as_stop`). A store that failed (`search.tracking.StoreLost`: MLflow's, or
-    Optuna's in the trainer's per-epoch report) is not the recipe's failure and propagates
-    without ``on_failed``: the caller ends the trial in Optuna if it still answers. The run is
-    closed INTERRUPTED at once when MLflow is not the store that failed (were the Optuna store
-    never resumed, a damaged file moved aside, the run would stay RUNNING), else by the next
-    run that reaches it.
+    every fold is tagged so (`search.selection`). An exception closes the run INTERRUPTED
+    (Ctrl-C, SIGTERM) or FAIL, with its reason, after ``on_failed(state, reason)`` (the caller
+    records it first, in Optuna), and propagates; a stop propagates as the KeyboardInterrupt it
+    is, even where a library turned it into its own error (`search.stopping.as_stop`). A store
+    that failed (`search.tracking.StoreLost`: MLflow's, or Optuna's in the trainer's per-epoch
+    report) is not the recipe's failure and propagates without ``on_failed``: the caller ends
+    the trial in Optuna if it still answers. The run is closed INTERRUPTED at once when MLflow
+    is not the store that failed (were the Optuna store never resumed, a damaged file moved
+    aside, the run would stay RUNNING), else by the next run that reaches it.
 
     Returns:
         The cross-validation result, its summary metrics, and whether it stayed at chance.

@@ -206,7 +206,7 @@ def _sqlite_tables(shown: str, option: str, path: Path) -> set[str]:
     """The table names of an existing SQLite file, read without writing anything to it."""
     try:
         with contextlib.closing(sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True,
-                                                timeout=60)) as db:
+                                                timeout=SQLITE_WAIT_SECONDS)) as db:
             rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
                               "AND name NOT LIKE 'sqlite_%'").fetchall()
     except sqlite3.OperationalError:

@@ -21,9 +21,9 @@ from search.names import (
 )
 from search.redact import redact_url
 from search.stores import (
+    SQLITE_WAIT_SECONDS,
     StorageLost,
     check_stores,
-    SQLITE_WAIT_SECONDS,
     lost_cause,
     raise_store_lost,
     retry_schema_race,
