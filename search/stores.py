@@ -17,7 +17,7 @@ from pathlib import Path
 
 from search.config import default_storage, default_tracking_uri
 from search.redact import hide_password, redact_url
-from search.tracking import ANSWERING, DAMAGED, LOCKED, StorageLost, StoreLost
+from search.tracking import ANSWERING, DAMAGED, GONE, LOCKED, StorageLost, StoreLost
 
 EXAMPLES = {
     "--storage": "sqlite:///mlruns/optuna.db, postgresql+psycopg2://USER:PASSWORD@HOST/DB or a "
@@ -403,9 +403,9 @@ def _file_state(path: Path | None) -> str:
         return ""
     folder = path.absolute().parent
     if not folder.is_dir():
-        return f"; its folder {folder} is gone"
+        return f"; its folder {folder} {GONE[1].rstrip(')')}"
     if not path.exists():
-        return f"; {path.absolute()} was deleted or moved away"
+        return f"; {path.absolute()} {GONE[0].rstrip(')')}"
     if os.statvfs(folder).f_flag & os.ST_RDONLY:
         return f"; {folder} is on a read-only file system"
     return ""

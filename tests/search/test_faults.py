@@ -417,6 +417,30 @@ def test_a_store_file_damaged_mid_study_raises_store_lost(tmp_path) -> None:
         tracker.log_metrics(parent, {"m": 1.0})
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+@pytest.mark.parametrize("removed", ["file", "folder"])
+def test_a_store_file_deleted_mid_study_raises_store_lost_saying_so(tmp_path, removed) -> None:
+    """The Optuna database deleted, or its folder removed, under an open study: SQLite says
+    "attempt to write a readonly database" (it will not write a file no longer linked); the
+    line says what happened and that a rerun without the file starts a new store."""
+    import shutil
+
+    from search.tracking import StorageLost
+
+    folder = tmp_path / "store"
+    (sqlite, _), _, _ = _stores_on(folder)
+    if removed == "file":
+        (folder / "optuna.db").unlink()
+    else:
+        shutil.rmtree(folder)
+    gone = (f"{folder}/optuna.db was deleted or moved away" if removed == "file"
+            else f"its folder {folder} is gone")
+    with pytest.raises(StorageLost, match=rf"failed \(.+; {re.escape(gone)}\)$") as lost:
+        _write_until_lost(sqlite)
+    assert lost.value.advice.startswith("put the file back (or restore it from a backup) and run "
+                                        "the same command again")
+
+
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the other worker's trial: ask()
 def test_a_worker_whose_budget_is_reached_waits_to_train_a_retry_of_another_workers_trial(
         tmp_path) -> None:
