@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -41,9 +42,10 @@ from search.recipe_file import recipe_document, write_recipe
 from search.recording import close_runs_left_running, close_trial_run
 from search.redact import redact_url
 from search.selection import at_chance, nothing_selected, ranked_trials, selected_trial
+from search.stopping import as_stop
 from search.stores import EXIT_STORE_LOST
 from search.study import STALE_REASON, TPE_DEFAULTS, count_trials, open_study, quiet_optuna
-from search.tracking import Tracker
+from search.tracking import StorageLost, StoreLost, Tracker
 from search.training import Training, prepare_training
 from search.worker import Objective, announce, run_trials
 
@@ -197,43 +199,57 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
                          console=console, n_folds=config.n_folds, max_epochs=config.max_epochs,
                          batched=config.fold_mode == "batched",
                          bars=progress)
-    with bars:
-        if config.baselines:
-            from search.baselines import baseline_recipes, run_baselines
+    try:
+        with bars:
+            if config.baselines:
+                from search.baselines import baseline_recipes, run_baselines
 
-            try:
-                baselines = run_baselines(
-                    study, config, baseline_recipes(config, config.baselines),
-                    data=session.data.train, folds=session.training.folds,
-                    models=session.training.models, tracker=tracker, parent_run_id=parent,
-                    console=console, class_weight=session.training.class_weight, progress=bars,
-                )
-            except KeyboardInterrupt:
-                interrupted = True
-        if interrupted:
-            pass
-        elif n_workers > 1:
-            interrupted = _run_workers(study, tracker, plan, worker_argv or [], bars, console)
-        else:
-            objective = Objective(config, session.data.train, session.training.folds,
-                                  session.training.models, tracker, parent, progress=bars,
-                                  class_weight=session.training.class_weight)
-            try:
-                run_trials(study, objective, n_trials=config.n_trials, timeout=config.timeout)
-            except KeyboardInterrupt:
-                interrupted = True
-        counts = count_trials(study)
-        if config.stop_within_noise and CONVERGED_ATTR in study.user_attrs:
-            console.print(stopped_line(study.user_attrs[CONVERGED_ATTR], counts, config.n_trials),
-                          highlight=False, soft_wrap=True)
-        print_best(study, config, console)
-        if not interrupted and config.report and session.data.heldout is not None:
-            try:
-                _report(study, config, session.data, session.training, tracker, parent,
-                        baselines, console, bars)
-            except KeyboardInterrupt:
-                interrupted = True
-    finish_parent(study, config, tracker, parent, interrupted=interrupted)
+                try:
+                    baselines = run_baselines(
+                        study, config, baseline_recipes(config, config.baselines),
+                        data=session.data.train, folds=session.training.folds,
+                        models=session.training.models, tracker=tracker, parent_run_id=parent,
+                        console=console, class_weight=session.training.class_weight,
+                        progress=bars,
+                    )
+                except BaseException as exc:
+                    if as_stop(exc) is None:  # a stop a library turned into its own error too
+                        raise
+                    interrupted = True
+            if interrupted:
+                pass
+            elif n_workers > 1:
+                interrupted = _run_workers(study, tracker, plan, worker_argv or [], bars, console)
+            else:
+                objective = Objective(config, session.data.train, session.training.folds,
+                                      session.training.models, tracker, parent, progress=bars,
+                                      class_weight=session.training.class_weight)
+                try:
+                    run_trials(study, objective, n_trials=config.n_trials, timeout=config.timeout)
+                except BaseException as exc:
+                    if as_stop(exc) is None:  # a stop a library turned into its own error too
+                        raise
+                    interrupted = True
+            counts = count_trials(study)
+            if config.stop_within_noise and CONVERGED_ATTR in study.user_attrs:
+                console.print(stopped_line(study.user_attrs[CONVERGED_ATTR], counts,
+                                           config.n_trials), highlight=False, soft_wrap=True)
+            print_best(study, config, console)
+            if not interrupted and config.report and session.data.heldout is not None:
+                try:
+                    _report(study, config, session.data, session.training, tracker, parent,
+                            baselines, console, bars)
+                except BaseException as exc:
+                    if as_stop(exc) is None:  # a stop a library turned into its own error too
+                        raise
+                    interrupted = True
+        finish_parent(study, config, tracker, parent, interrupted=interrupted)
+    except StorageLost:
+        # MLflow still answers: close the study's run now. The next run reopens it; were the
+        # Optuna store never resumed (a damaged file moved aside), it would stay RUNNING.
+        with contextlib.suppress(StoreLost):
+            tracker.finish_parent(parent, "KILLED")
+        raise
     share_trials_view(tracker, parent, config)
     console.print("\n".join(study_next_steps(study, config, tracker, parent)), highlight=False,
                   soft_wrap=True)

@@ -90,10 +90,10 @@ class _LosableClient:
             try:
                 return attr(*args, **kwargs)
             except Exception as exc:
-                from search.stores import lost_cause
+                from search.stores import MLFLOW_SQLITE_WAIT_SECONDS, lost_cause
 
                 # the artifacts it writes are files of the store too
-                words = lost_cause(exc, self._uri, files=True)
+                words = lost_cause(exc, self._uri, files=True, wait=MLFLOW_SQLITE_WAIT_SECONDS)
                 if words is None:
                     raise
                 raise TrackingLost(f"MLflow at {redact_url(self._uri)}", words) from exc

@@ -7,6 +7,7 @@ trials that their own process could not close (killed, or its store out of reach
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from search.names import (
@@ -20,7 +21,7 @@ from search.names import (
 )
 from search.selection import beats_chance
 from search.stopping import as_stop
-from search.tracking import RunState, StoreLost, Tracker
+from search.tracking import RunState, StoreLost, Tracker, TrackingLost
 
 if TYPE_CHECKING:  # the trainers import Keras; a CLI mistake is answered before that
     from trainers.fit import CVResult, FoldResult
@@ -57,11 +58,15 @@ def train_recorded(tracker: Tracker, run_id: str, train: Train, *, n_classes: in
 
     A finished training logs its summary (`summarize`) and closes COMPLETE, or PRUNED when
     the pruner stopped it; a recipe that did not beat chance level (ln ``n_classes``) in
-    every fold is tagged so (`search.selection`). An exception closes the run INTERRUPTED (Ctrl-C, SIGTERM) or FAIL,
-    with its reason, after ``on_failed(state, reason)`` (the caller records it first, in
-    Optuna), and propagates. A store that failed (`search.tracking.StoreLost`: MLflow's, or
-    Optuna's in the trainer's per-epoch report) propagates at once: it is not the recipe's
-    failure, and the run is closed by the next run that reaches the store.
+    every fold is tagged so (`search.selection`). An exception closes the run INTERRUPTED
+    (Ctrl-C, SIGTERM) or FAIL, with its reason, after ``on_failed(state, reason)`` (the caller
+    records it first, in Optuna), and propagates; a stop propagates as the KeyboardInterrupt it
+    is, even where a library turned it into its own error (`search.stopping.as_stop`). A store
+    that failed (`search.tracking.StoreLost`: MLflow's, or Optuna's in the trainer's per-epoch
+    report) is not the recipe's failure and propagates without ``on_failed``: the caller ends
+    the trial in Optuna if it still answers. The run is closed INTERRUPTED at once when MLflow
+    is not the store that failed (were the Optuna store never resumed, a damaged file moved
+    aside, the run would stay RUNNING), else by the next run that reaches it.
 
     Returns:
         The cross-validation result, its summary metrics, and whether it stayed at chance.
@@ -76,7 +81,10 @@ def train_recorded(tracker: Tracker, run_id: str, train: Train, *, n_classes: in
 
     try:
         result = train(on_fold)
-    except StoreLost:
+    except StoreLost as exc:
+        if not isinstance(exc, TrackingLost):
+            with contextlib.suppress(StoreLost):
+                tracker.finish_run(run_id, "INTERRUPTED", reason=f"interrupted ({exc})")
         raise
     except BaseException as exc:
         stop = as_stop(exc)
@@ -85,6 +93,8 @@ def train_recorded(tracker: Tracker, run_id: str, train: Train, *, n_classes: in
         if on_failed is not None:
             on_failed(state, reason)
         tracker.finish_run(run_id, state, reason=reason)
+        if stop is not None and stop is not exc:
+            raise stop from exc  # a stop that a library turned into its own error
         raise
     summary = summarize(result, lead_seconds=lead_seconds)
     # cv_val_loss is logged by fold (`fold_scores`); its last value is the summary's

@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     from search.driver import run_study, run_worker  # imports Keras: settings are valid
     from search.liveness import record_exit
-    from search.stopping import remember_ctrl_c, stop_cleanly_on, stop_with_launcher
+    from search.stopping import as_stop, remember_ctrl_c, stop_cleanly_on, stop_with_launcher
     from search.stores import EXIT_STORE_LOST
 
     # A worker stops once, whoever asks (the terminal's Ctrl-C, the launcher's SIGTERM, both);
@@ -189,14 +189,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except Exception as exc:
         lost = _store_lost(exc, config.storage)
+        if lost is None and as_stop(exc) is not None:
+            # a stop that a library turned into its own error where nothing caught it
+            print("interrupted: rerun the same command to resume.", file=sys.stderr)
+            return 130
         if lost is None:
             raise  # regsearch's own error: keep its traceback
         # the next run that opens the study gives this as the reason of a trial left RUNNING
         record_exit(str(lost))
-        print(f"error: {lost}; the running trial does not count against the budget and its "
-              f"recipe is trained again (a trial left running is failed and queued by the next "
-              f"run that opens the study: at once on this host, after the heartbeat's grace "
-              f"period on another): run the same command again {lost.remedy}", file=sys.stderr)
+        print(f"error: {lost}; {lost.advice}", file=sys.stderr)
         return EXIT_STORE_LOST
     return 130 if outcome.interrupted else 0
 
@@ -224,11 +225,11 @@ def _store_lost(exc: BaseException, storage: str):  # -> search.tracking.StoreLo
     database driver's error: it is told by `search.stores.lost_cause` and named so.
     """
     from search.redact import redact_url
-    from search.stores import lost_cause, store_lost_in
+    from search.stores import SQLITE_WAIT_SECONDS, lost_cause, store_lost_in
     from search.tracking import StorageLost
 
     lost = store_lost_in(exc)
-    if lost is None and (words := lost_cause(exc, storage)) is not None:
+    if lost is None and (words := lost_cause(exc, storage, wait=SQLITE_WAIT_SECONDS)) is not None:
         lost = StorageLost(f"the Optuna storage {redact_url(storage)}", words)
     return lost
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from search.config import default_storage, default_tracking_uri
 from search.redact import hide_password, redact_url
-from search.tracking import StorageLost, StoreLost
+from search.tracking import ANSWERING, DAMAGED, GONE, LOCKED, StorageLost, StoreLost
 
 EXAMPLES = {
     "--storage": "sqlite:///mlruns/optuna.db, postgresql+psycopg2://USER:PASSWORD@HOST/DB or a "
@@ -206,7 +206,7 @@ def _sqlite_tables(shown: str, option: str, path: Path) -> set[str]:
     """The table names of an existing SQLite file, read without writing anything to it."""
     try:
         with contextlib.closing(sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True,
-                                                timeout=60)) as db:
+                                                timeout=SQLITE_WAIT_SECONDS)) as db:
             rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
                               "AND name NOT LIKE 'sqlite_%'").fetchall()
     except sqlite3.OperationalError:
@@ -306,7 +306,8 @@ def check_tracking_server(uri: str, timeout: float = 10.0) -> None:
             f"sqlite:///mlruns/mlflow.db.") from exc
 
 
-def lost_cause(exc: BaseException, uri: str, *, files: bool = False) -> str | None:
+def lost_cause(exc: BaseException, uri: str, *, files: bool = False,
+               wait: float | None = None) -> str | None:
     """What ``exc`` says happened to the store at ``uri``, in words, or None if it is another error.
 
     A store that cannot be reached "stopped answering (...)": MLflow's REST client retries a
@@ -317,8 +318,14 @@ def lost_cause(exc: BaseException, uri: str, *, files: bool = False) -> str | No
     resources (its disk full), an I/O or internal error (SQLSTATE classes 53, 58, XX; a
     shutdown, class 57, is "stopped answering"). With ``files``, an `OSError` of a file system
     that takes no writes (no space, a quota, read-only, I/O error) counts too: the caller knows
-    the file is the store's (MLflow's artifacts, an Optuna journal). A lock that is busy, a
-    constraint or a query the store refused is not the store's failure.
+    the file is the store's (MLflow's artifacts, an Optuna journal). A SQLite file that
+    "is damaged (...)" (not a database, malformed) cannot be resumed, unlike the rest.
+
+    A SQLite file that another process kept locked longer than the store's client waits for it
+    (``wait`` seconds, SQLite's busy timeout) "was locked by another process": someone's
+    ``sqlite3`` shell inside a transaction, a long migration. Not the recipe's fault, and not
+    a moment's contention between workers either (that is waited for); the store cannot do its
+    job. A constraint or a query the store refused is not the store's failure.
     """
     import requests
     from sqlalchemy.exc import OperationalError
@@ -334,8 +341,13 @@ def lost_cause(exc: BaseException, uri: str, *, files: bool = False) -> str | No
             why = os_error.strerror if os_error is not None else type(error).__name__
             return f"{ANSWERING} ({why.lower()})"
         code = str(getattr(error, "sqlite_errorname", "") or "")
+        if code.startswith("SQLITE_BUSY"):
+            held = f" for over {wait:g} s" if wait else ""
+            return f"{LOCKED}{held} ({_driver_line(error, uri)})"
+        if code.startswith(_SQLITE_DAMAGED):
+            return f"{DAMAGED} ({_driver_line(error, uri)})"
         if code.startswith(_SQLITE_FILE_FAULTS):
-            return f"failed ({_driver_line(error, uri)})"
+            return f"failed ({_driver_line(error, uri)}{_file_state(sqlite_path(uri))})"
         # PostgreSQL's SQLSTATE, as its drivers give it (psycopg2: pgcode, psycopg 3: sqlstate;
         # MLflow's own errors carry a sqlstate of their own)
         state = (str(getattr(error, "pgcode", None) or getattr(error, "sqlstate", None) or "")
@@ -357,20 +369,46 @@ def lost_cause(exc: BaseException, uri: str, *, files: bool = False) -> str | No
     return None
 
 
-# what `lost_cause` says of a store out of reach (`StoreLost.remedy` reads it)
-ANSWERING = "stopped answering"
+# How long regsearch's SQLite connections to an Optuna storage wait for another process's
+# write lock (SQLite's busy timeout) before the store counts as locked (`lost_cause`). MLflow's
+# own connections wait MLFLOW_SQLITE_WAIT_SECONDS (it sets ``PRAGMA busy_timeout = 20000`` on
+# each session, mlflow.store.db.utils). REGSEARCH_SQLITE_WAIT_SECONDS shortens it for tests
+# that hold a lock during a real run; a user has no reason to set it.
+SQLITE_WAIT_SECONDS = float(os.environ.get("REGSEARCH_SQLITE_WAIT_SECONDS", 60))
+MLFLOW_SQLITE_WAIT_SECONDS = 20.0
 # What a database driver says when its server or file cannot be reached at all (drivers
 # that give no error code).
 _GONE = ("connect", "unable to open database file", "disk i/o error")
 # SQLite result codes (Python names them from 3.11) of a database file that cannot be
-# written or read: full, I/O error, read-only, damaged, not a database, cannot be opened
-_SQLITE_FILE_FAULTS = ("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CORRUPT",
-                       "SQLITE_NOTADB", "SQLITE_CANTOPEN", "SQLITE_PERM")
+# written or read: full, I/O error, read-only, cannot be opened or no permission; and of one
+# that is damaged (malformed, or not a database)
+_SQLITE_FILE_FAULTS = ("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN",
+                       "SQLITE_PERM")
+_SQLITE_DAMAGED = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 # PostgreSQL SQLSTATE classes of the server's own trouble: insufficient resources (its disk
 # full), system (I/O) and internal errors (data corrupted)
 _PG_SERVER_FAULTS = ("53", "58", "XX")
 _FILE_SYSTEM_FAULTS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG,
                        errno.EACCES}
+
+
+def _file_state(path: Path | None) -> str:
+    """What the file system says of a store file when SQLite cannot use it, if it explains it.
+
+    SQLite's own words can mislead: a folder made read-only says "unable to open database
+    file" (the journal cannot be made), a file deleted or moved away under an open database
+    "attempt to write a readonly database".
+    """
+    if path is None:
+        return ""
+    folder = path.absolute().parent
+    if not folder.is_dir():
+        return f"; its folder {folder} {GONE[1].rstrip(')')}"
+    if not path.exists():
+        return f"; {path.absolute()} {GONE[0].rstrip(')')}"
+    if os.statvfs(folder).f_flag & os.ST_RDONLY:
+        return f"; {folder} is on a read-only file system"
+    return ""
 
 
 def raise_store_lost(engine, store: str, url: str) -> None:
@@ -385,7 +423,8 @@ def raise_store_lost(engine, store: str, url: str) -> None:
 
     @event.listens_for(engine, "handle_error")
     def _lost(context) -> None:
-        words = lost_cause(context.sqlalchemy_exception or context.original_exception, url)
+        words = lost_cause(context.sqlalchemy_exception or context.original_exception, url,
+                           wait=SQLITE_WAIT_SECONDS)
         if words is not None:
             raise StorageLost(store, words) from context.original_exception
 

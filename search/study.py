@@ -21,6 +21,7 @@ from search.names import (
 )
 from search.redact import redact_url
 from search.stores import (
+    SQLITE_WAIT_SECONDS,
     StorageLost,
     check_stores,
     lost_cause,
@@ -86,8 +87,10 @@ def open_storage(url: str, on_stale: Callable[[FrozenTrial], None] | None = None
             with schema_lock(url):
                 storage = retry_schema_race(lambda: optuna.storages.RDBStorage(
                     url,
-                    # SQLite: wait for the write lock rather than fail while other workers hold it
-                    engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else None,
+                    # SQLite: wait for the write lock rather than fail while other workers hold
+                    # it; held longer, the store was locked (`search.stores.lost_cause`)
+                    engine_kwargs=({"connect_args": {"timeout": SQLITE_WAIT_SECONDS}} if sqlite
+                                   else None),
                     heartbeat_interval=60,
                     grace_period=180,
                     heartbeat_stale_trial_callback=StaleTrialCallback(on_stale),

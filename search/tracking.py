@@ -17,6 +17,15 @@ RunState = Literal["COMPLETE", "PRUNED", "FAIL", "INTERRUPTED"]
 ParentStatus = Literal["FINISHED", "KILLED"]
 
 
+# How `search.stores.lost_cause`'s words begin for a store out of reach, one kept locked by
+# another process, and a damaged one (`StoreLost.advice` reads them)
+ANSWERING = "stopped answering"
+LOCKED = "was locked by another process"
+DAMAGED = "is damaged"
+# and what they end with for a store file that is no longer there
+GONE = ("was deleted or moved away)", "is gone)")
+
+
 class StoreLost(Exception):
     """A store of the study failed for a reason of its own, not of the recipe being trained.
 
@@ -37,10 +46,26 @@ class StoreLost(Exception):
         self.store, self.words = store, words
 
     @property
-    def remedy(self) -> str:
-        """When to run the same command again."""
-        answering = self.words.startswith("stopped answering")
-        return "once it answers" if answering else "once that is fixed"
+    def advice(self) -> str:
+        """What becomes of the running trial, and what to do: the end of the line a run that
+        stopped so prints after ``str(self)``."""
+        if self.words.startswith(DAMAGED):
+            return ("a damaged database cannot be resumed: restore the file from a backup and "
+                    "run the same command again, or move it aside to start that store anew "
+                    "(what it held is lost)")
+        if self.words.endswith(GONE):
+            return ("put the file back (or restore it from a backup) and run the same command "
+                    "again: the running trial does not count against the budget and its recipe "
+                    "is trained again; run without it, that store starts anew (what it held is "
+                    "lost)")
+        when = ("once it answers" if self.words.startswith(ANSWERING) else
+                "once nothing else holds it (close what does: a sqlite3 shell inside a "
+                "transaction, an mlflow ui or mlflow db upgrade migrating it)"
+                if self.words.startswith(LOCKED) else "once that is fixed")
+        return ("the running trial does not count against the budget and its recipe is trained "
+                "again (a trial left running is failed and queued by the next run that opens the "
+                "study: at once on this host, after the heartbeat's grace period on another): "
+                f"run the same command again {when}")
 
 
 class StorageLost(StoreLost):

@@ -8,8 +8,11 @@ and exactly ``--trials`` trained trials counted: read back with Optuna's and MLf
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -37,14 +40,18 @@ SHORT = [sys.executable, "-m", "search.run", "--study", "digits", "--trials", "2
 def assert_nothing_lost(storage: str, tracking_uri: str, n_trials: int) -> None:
     """The accounting every run must leave: nothing RUNNING or WAITING; ``n_trials`` trials
     trained and counted; every failed trial stopped for a reason not its recipe's, with its
-    recipe trained again; every MLflow run closed, each trial's with the trial's outcome."""
+    recipe trained again (by its retry, or its retry's retry when that was stopped too); every
+    MLflow run closed, each trial's with the trial's outcome."""
     study = optuna.load_study(study_name="digits", storage=storage)
     trials = study.get_trials()
     assert [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)] == []
     trained = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(trained) == n_trials, [(t.number, t.state.name) for t in trials]
+    retry_of = {t.user_attrs["retry_of"]: t for t in trials if "retry_of" in t.user_attrs}
     for failed in (t for t in trials if t.state == TrialState.FAIL):
-        retry = next((t for t in trained if t.user_attrs.get("retry_of") == failed.number), None)
+        retry = retry_of.get(failed.number)
+        while retry is not None and retry.state == TrialState.FAIL:
+            retry = retry_of.get(retry.number)
         assert retry is not None and retry.params == failed.params, failed.user_attrs
     assert count_trials(study)["budget"] == n_trials  # regsearch's own count agrees
 
@@ -133,7 +140,25 @@ def test_sigkill_at_model_build_and_at_the_report_loses_no_trial_and_no_run(tmp_
     counts = count_trials(optuna.load_study(study_name="digits", storage=storage))
     assert counts["budget"] == 2 and counts["running"] == 0  # the report follows the trials
 
-    # 3. a rerun with the budget spent trains no trial and writes the report
+    # 3. a rerun with the budget spent goes straight to the report; SIGTERM while it retrains
+    # (the signal may land inside Keras's tracing, which turns it into its own TypeError)
+    proc = subprocess.Popen(SHORT, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    reporting, lines = _printed(proc, r"^retraining ")
+    deadline = time.monotonic() + 300
+    while not reporting() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 130, "".join(lines)[-4000:]
+    time.sleep(0.5)  # the reader thread has the last lines
+    assert "Traceback" not in "".join(lines), "".join(lines)[-4000:]
+    client = MlflowClient(tracking)
+    parent = optuna.load_study(study_name="digits", storage=storage).user_attrs[
+        "regsearch.mlflow_parent_run_id"]
+    assert client.get_run(parent).info.status == "KILLED"
+
+    # 4. a rerun with the budget spent trains no trial and writes the report
     done = _rerun(SHORT, tmp_path)
     assert "budget of 2 trials already spent" in done.stderr, done.stderr[-4000:]
     assert "held-out report of digits" in done.stderr, done.stderr[-4000:]
@@ -203,6 +228,134 @@ def test_a_full_disk_under_the_stores_stops_the_run_like_a_lost_store(small_disk
     assert run.info.status == "KILLED" and run.data.tags["interrupted"] == "true"
 
 
+@contextlib.contextmanager
+def _locked(db: Path):
+    """Another process's write lock on the SQLite file ``db``, held as a ``sqlite3`` shell
+    inside ``BEGIN EXCLUSIVE`` holds it."""
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as shell:
+        shell.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            shell.execute("ROLLBACK")
+
+
+def test_a_store_locked_by_another_process_past_its_wait_stops_the_run_like_a_lost_store(
+        tmp_path) -> None:
+    """A store file locked by another process while trial 0 trains, longer than the store's
+    client waits for it (SQLite's busy timeout): MLflow's first (MLflow waits 20 s), then, on
+    the rerun, Optuna's (its 60 s shortened for the test). Each stops the run in one line, exit
+    75, the trial not counted; once the lock is gone, a rerun leaves nothing lost."""
+    env = {**ENV, "REGSEARCH_SQLITE_WAIT_SECONDS": "3"}
+    storage, tracking = _stores(tmp_path)
+    for name, store in (("mlflow.db", "MLflow at sqlite:///mlruns/mlflow.db"),
+                        ("optuna.db", "the Optuna storage sqlite:///mlruns/optuna.db")):
+        proc = start_training(LONG_TRIALS, cwd=tmp_path, env=env, storage=storage)
+        with _locked(tmp_path / "mlruns" / name):
+            output = proc.communicate(timeout=300)[0]
+        assert proc.returncode == 75, output[-4000:]
+        assert "Traceback" not in output, output[-4000:]
+        error = [line for line in output.splitlines() if line.startswith("error:")]
+        assert error == output.strip().splitlines()[-1:], output[-4000:]
+        assert error[0].startswith(f"error: {store} was locked by another process for over "
+                                   f"{20 if name == 'mlflow.db' else 3} s (database is locked); "
+                                   f"the running trial does not count"), error[0]
+        assert error[0].endswith("run the same command again once nothing else holds it (close "
+                                 "what does: a sqlite3 shell inside a transaction, an mlflow ui "
+                                 "or mlflow db upgrade migrating it)"), error[0]
+
+    done = _rerun(with_trials(LONG_TRIALS, 1), tmp_path)
+    assert "stopped when a store failed" in done.stderr, done.stderr[-4000:]
+    assert_nothing_lost(storage, tracking, n_trials=1)
+    stopped = [t for t in optuna.load_study(study_name="digits", storage=storage).trials
+               if t.state == TrialState.FAIL]
+    assert [t.number for t in stopped] == [0, 1]
+    for trial, name in zip(stopped, ("MLflow at", "the Optuna storage")):
+        assert trial.user_attrs["interrupted"] is True
+        assert f"{name} sqlite:///mlruns/" in trial.user_attrs["fail_reason"]
+        assert "was locked by another process" in trial.user_attrs["fail_reason"]
+
+
+@pytest.fixture
+def bind_mounts(tmp_path) -> None:
+    """Skip where a folder cannot be bind-mounted (mount needs root, or CAP_SYS_ADMIN)."""
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    mounted = subprocess.run(["mount", "--bind", str(probe), str(probe)], capture_output=True,
+                             text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount a folder here: {mounted.stderr.strip()}")
+    subprocess.run(["umount", str(probe)], check=True)
+
+
+@contextlib.contextmanager
+def _read_only(folder: Path):
+    """``folder`` made read-only while files in it are open for writing: the kernel refuses to
+    remount a file system so, but a read-only bind mount of the folder over itself takes. Open
+    file descriptors still write the old mount; every file made anew (SQLite's journal,
+    MLflow's artifacts, lock files) fails with EROFS."""
+    subprocess.run(["mount", "--bind", str(folder), str(folder)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_stores_made_read_only_mid_study_stop_the_run_like_a_lost_store(bind_mounts,
+                                                                       tmp_path) -> None:
+    storage, tracking = _stores(tmp_path)
+    proc = start_training(LONG_TRIALS, cwd=tmp_path, env=ENV, storage=storage)
+    with _read_only(tmp_path / "mlruns"):
+        output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 75, output[-4000:]
+    assert "Traceback" not in output, output[-4000:]
+    error = [line for line in output.splitlines() if line.startswith("error:")]
+    assert error == output.strip().splitlines()[-1:], output[-4000:]
+    # SQLite cannot make its journal: "unable to open database file", which the line explains
+    assert re.match(rf"error: (the Optuna storage sqlite:///mlruns/optuna.db|MLflow at "
+                    rf"sqlite:///mlruns/mlflow.db) failed \(.+; {tmp_path}/mlruns is on a "
+                    rf"read-only file system\); ", error[0]), error[0]
+    assert error[0].endswith("run the same command again once that is fixed"), error[0]
+
+    done = _rerun(with_trials(LONG_TRIALS, 1), tmp_path)
+    assert "stopped when a store failed" in done.stderr, done.stderr[-4000:]
+    assert_nothing_lost(storage, tracking, n_trials=1)
+
+
+def test_a_store_file_damaged_mid_study_stops_the_run_and_says_what_to_do(tmp_path) -> None:
+    """Junk over the first page of the Optuna database while trial 0 trains: the run stops in
+    one line saying the file cannot be resumed, MLflow's runs are closed at once (they would
+    stay RUNNING if the file is moved aside), and the rerun refuses the file, saying what to
+    do, before writing anything."""
+    storage, tracking = _stores(tmp_path)
+    proc = start_training(LONG_TRIALS, cwd=tmp_path, env=ENV, storage=storage)
+    with (tmp_path / "mlruns" / "optuna.db").open("r+b") as file:
+        file.write(b"junk" * 1024)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 75, output[-4000:]
+    assert "Traceback" not in output, output[-4000:]
+    last = output.strip().splitlines()[-1]
+    assert last == ("error: the Optuna storage sqlite:///mlruns/optuna.db is damaged (file is not "
+                    "a database); a damaged database cannot be resumed: restore the file from a "
+                    "backup and run the same command again, or move it aside to start that "
+                    "store anew (what it held is lost)"), output[-4000:]
+    client = MlflowClient(tracking)
+    runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    assert {r.info.run_name: r.info.status for r in runs} == {"digits": "KILLED",
+                                                              "trial-0": "KILLED"}
+
+    again = subprocess.run(LONG_TRIALS, cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                           timeout=300, check=False)
+    assert again.returncode == 2, again.stderr[-4000:]
+    assert again.stderr.strip().splitlines() == [
+        "error: --storage sqlite:///mlruns/optuna.db: mlruns/optuna.db is not a SQLite database "
+        "(it does not start with SQLite's header: damaged, or a file of another kind); nothing "
+        "was written to it. --fresh cannot help (it must read the store first): move the file "
+        "aside (or restore it from a backup) to start a new store there, or point --storage at "
+        "another file."]
+
+
 def _stores_on(folder: Path):
     """An Optuna study on SQLite, one on a journal file, and an MLflow tracker with a parent
     run, all in ``folder``, each holding a trial or a run already."""
@@ -256,12 +409,36 @@ def test_a_store_file_damaged_mid_study_raises_store_lost(tmp_path) -> None:
     for name in ("optuna.db", "mlflow.db"):
         with (tmp_path / name).open("r+b") as file:
             file.write(b"junk" * 1024)
-    with pytest.raises(StorageLost, match=r"failed \((file is not a database|database disk "
-                                          r"image is malformed)\)$"):
+    with pytest.raises(StorageLost, match=r"is damaged \((file is not a database|database "
+                                          r"disk image is malformed)\)$"):
         _write_until_lost(sqlite)
-    with pytest.raises(TrackingLost, match=r"failed \((file is not a database|database disk "
-                                           r"image is malformed)\)$"):
+    with pytest.raises(TrackingLost, match=r"is damaged \((file is not a database|database "
+                                           r"disk image is malformed)\)$"):
         tracker.log_metrics(parent, {"m": 1.0})
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+@pytest.mark.parametrize("removed", ["file", "folder"])
+def test_a_store_file_deleted_mid_study_raises_store_lost_saying_so(tmp_path, removed) -> None:
+    """The Optuna database deleted, or its folder removed, under an open study: SQLite says
+    "attempt to write a readonly database" (it will not write a file no longer linked); the
+    line says what happened and that a rerun without the file starts a new store."""
+    import shutil
+
+    from search.tracking import StorageLost
+
+    folder = tmp_path / "store"
+    (sqlite, _), _, _ = _stores_on(folder)
+    if removed == "file":
+        (folder / "optuna.db").unlink()
+    else:
+        shutil.rmtree(folder)
+    gone = (f"{folder}/optuna.db was deleted or moved away" if removed == "file"
+            else f"its folder {folder} is gone")
+    with pytest.raises(StorageLost, match=rf"failed \(.+; {re.escape(gone)}\)$") as lost:
+        _write_until_lost(sqlite)
+    assert lost.value.advice.startswith("put the file back (or restore it from a backup) and run "
+                                        "the same command again")
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the other worker's trial: ask()

@@ -133,6 +133,37 @@ def test_an_error_raised_after_a_stop_was_asked_for_is_the_stop(digits, monkeypa
     assert count_trials(study)["budget"] == 0
 
 
+def test_a_baseline_stopped_inside_a_library_is_interrupted_not_failed(digits,
+                                                                     monkeypatch) -> None:
+    # The same stop in a baseline (and in anything else trained through `train_recorded`):
+    # it comes out as the stop, so the driver's clean stop catches it (it came out as the
+    # library's error, a traceback, with the study's run left RUNNING)
+    config, data, training = digits
+
+    def build(recipe, **_):  # noqa: ANN001, ANN003
+        try:
+            signal.raise_signal(signal.SIGTERM)
+        except KeyboardInterrupt as exc:
+            raise TypeError("Exception encountered when calling VariableDropout.call()") from exc
+
+    monkeypatch.setattr(stopping, "_stop_reason", None)
+    before = signal.getsignal(signal.SIGTERM)
+    stopping.stop_cleanly_on(signal.SIGTERM)
+    tracker = MemoryTracker()
+    parent = tracker.open_parent(config.name, config.settings())
+    study = optuna.create_study()
+    recipes = {k: v for k, v in baseline_recipes(config, "reference").items() if k == "l2"}
+    try:
+        with pytest.raises(KeyboardInterrupt, match="stopped by SIGTERM"):
+            run_baselines(study, config, recipes, data=data.train, folds=training.folds,
+                          models=build, tracker=tracker, parent_run_id=parent)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    (run,) = tracker.children(parent)
+    assert (run.status, run.reason) == ("INTERRUPTED", "interrupted (stopped by SIGTERM)")
+    assert study.user_attrs[BASELINES_ATTR] == {}  # trained again by the run that resumes
+
+
 def test_a_tracker_lost_mid_trial_stops_the_loop_and_the_next_run_closes_its_run(digits) -> None:
     tracker = MemoryTracker(lose_at="log_fold")
     objective, parent = _objective(digits, tracker)
