@@ -30,6 +30,7 @@ def main() -> None:
     from benchmarks._common import machine, machine_table, write_result
     from search.config import build_config
     from search.driver import run_study
+    from search.names import EPOCHS_TRAINED
 
     rows = []
     for seed in args.seeds:
@@ -47,7 +48,7 @@ def main() -> None:
             rows.append({
                 "pruner": pruner, "seed": seed,
                 "best_cv_val_loss": outcome.study.best_value,
-                "epochs_trained": int(sum(t.user_attrs.get("epochs_trained", 0) for t in trials)),
+                "epochs_trained": int(sum(t.user_attrs.get(EPOCHS_TRAINED, 0) for t in trials)),
                 "pruned": sum(t.state == TrialState.PRUNED for t in trials),
                 "failed": sum(t.state == TrialState.FAIL for t in trials),
                 "wall_seconds": round(wall, 1),

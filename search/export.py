@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from search.redact import redact_url
+
 EXIT_USAGE = 2
 
 
@@ -48,12 +50,12 @@ def export(study: str, *, output: str | None = None, fmt: str | None = None,
         LookupError: no such study in the storage, or no such trial.
         ValueError: the study has no complete trial yet, or the trial is not complete.
     """
+    # Optuna, YAML, the study files: after --help, which argparse answers alone
     import optuna
     from optuna.trial import TrialState
 
     from search.config import default_storage
     from search.recipe_file import recipe_document, write_recipe
-    from search.redact import redact_url
     from search.selection import at_chance, n_classes_of, nothing_selected, selected_trial
     from search.study import open_storage, quiet_optuna
     from spaces import load_study
@@ -103,7 +105,7 @@ def export(study: str, *, output: str | None = None, fmt: str | None = None,
 
 def replaced_line(path: Path, new: dict) -> str:
     """``overwrote digits_recipe.yaml (it held trial 12 of study digits; now trial 17)``."""
-    from search.recipe_file import read_recipe
+    from search.recipe_file import read_recipe  # as in `export`
 
     try:
         old = read_recipe(path)
