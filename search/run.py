@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as exc:  # the study file and the options
         print(f"error: {error_text(exc)}", file=sys.stderr)
         return EXIT_USAGE
-    # Keras, Optuna, MLflow: imported once the settings are valid (a mistake is answered in 0.2 s)
+    # Keras, Optuna, MLflow: imported once the settings are valid (a mistake is answered in 0.1 s)
     from search.driver import run_study, run_worker
     from search.liveness import record_exit
     from search.stores import EXIT_STORE_LOST, store_lost_in

@@ -26,7 +26,7 @@ def chance_level(n_classes: int) -> float:
 
 
 # A loss within this fraction of ln(K) has not left chance level: the trainer's own line
-# (`trainers.fit.CHANCE_TOLERANCE`, not imported: it would bring Keras into the CLI's start)
+# (`trainers.fit.CHANCE_TOLERANCE`, not imported: it would bring Keras into `search.export`)
 CHANCE_TOLERANCE = 0.01
 
 
