@@ -95,7 +95,7 @@ def _open_session(config: StudyConfig, *, data_dir: str | None, progress: bool,
         deleted: list[int] = []
         study = open_study(config, create=worker == 0, on_stale=functools.partial(
             _close_stale_run, config.tracking_uri), on_deleted=deleted.append)
-        tracker = MlflowTracker(config.tracking_uri)
+        tracker = open_tracker(config.tracking_uri)
     orphans = _fail_stale(study, tracker)
     unclosed = close_runs_left_running(tracker, study)
     with user_input():  # before the parent run: a model that cannot be built leaves none open
@@ -106,9 +106,14 @@ def _open_session(config: StudyConfig, *, data_dir: str | None, progress: bool,
     return _Session(data, study, tracker, parent, training, orphans, unclosed, deleted)
 
 
+def open_tracker(tracking_uri: str) -> Tracker:
+    """The study's experiment store: the one line a new `search.tracking.Tracker` changes."""
+    return MlflowTracker(tracking_uri)
+
+
 def _close_stale_run(tracking_uri: str, trial: optuna.trial.FrozenTrial) -> None:
     """Close the MLflow run of a trial the heartbeat found stale (`search.study.open_storage`)."""
-    close_trial_run(MlflowTracker(tracking_uri), trial, reason=STALE_REASON)
+    close_trial_run(open_tracker(tracking_uri), trial, reason=STALE_REASON)
 
 
 def _fail_stale(study: optuna.Study, tracker: Tracker) -> list[int]:
