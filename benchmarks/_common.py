@@ -68,15 +68,15 @@ def trial_overheads(trials: list) -> dict[str, float | None]:
     after a worker's first trial, which pays the worker's one compilation);
     ``later_folds_first_step_seconds``: the same from each later fold's start.
     """
-    from search.names import WORKER_ATTR
+    from search.names import FIRST_STEP_SECONDS, LATER_FIRST_STEP_SECONDS, WORKER_ATTR
 
     by_worker: dict[str, list] = {}
     for t in sorted(trials, key=lambda t: t.number):
-        if "first_step_seconds" in t.user_attrs:
+        if FIRST_STEP_SECONDS in t.user_attrs:
             by_worker.setdefault(t.user_attrs.get(WORKER_ATTR, ""), []).append(t)
     later = [t for runs in by_worker.values() for t in runs[1:]]
     out: dict[str, float | None] = {}
-    for key in ("first_step_seconds", "later_folds_first_step_seconds"):
+    for key in (FIRST_STEP_SECONDS, LATER_FIRST_STEP_SECONDS):
         values = [t.user_attrs[key] for t in later if key in t.user_attrs]
         out[f"median_{key}"] = statistics.median(values) if values else None
     return out

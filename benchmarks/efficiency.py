@@ -51,6 +51,7 @@ def _regsearch(args: argparse.Namespace, label: str, seed: int, extra: tuple[str
 
     from search.config import build_config
     from search.driver import run_study
+    from search.names import ENQUEUED_ATTR, EPOCHS_TRAINED, FIT_SECONDS, RECIPE_ATTR
     from search.study import TPE_DEFAULTS
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,14 +78,14 @@ def _regsearch(args: argparse.Namespace, label: str, seed: int, extra: tuple[str
         "pruned": sum(t.state == TrialState.PRUNED for t in trials),
         "failed": sum(t.state == TrialState.FAIL for t in trials),
         "best_cv_val_loss": best.value if best else math.nan,
-        "best_recipe": best.user_attrs.get("recipe") if best else None,
+        "best_recipe": best.user_attrs.get(RECIPE_ATTR) if best else None,
         "best_trial": best.number if best else None,
-        "best_is_enqueued_defaults": bool(best and best.user_attrs.get("enqueued") == "defaults"),
-        "epochs_trained": int(sum(t.user_attrs.get("epochs_trained", 0) for t in trials)),
-        "fit_seconds": float(sum(t.user_attrs.get("fit_seconds", 0.0) for t in trials)),
+        "best_is_enqueued_defaults": bool(best and best.user_attrs.get(ENQUEUED_ATTR) == "defaults"),
+        "epochs_trained": int(sum(t.user_attrs.get(EPOCHS_TRAINED, 0) for t in trials)),
+        "fit_seconds": float(sum(t.user_attrs.get(FIT_SECONDS, 0.0) for t in trials)),
         "wall_seconds": wall,
         # completion order: (state, value or None, fit seconds), for the time-to-target walk
-        "timeline": [(t.state.name, t.value, float(t.user_attrs.get("fit_seconds", 0.0)))
+        "timeline": [(t.state.name, t.value, float(t.user_attrs.get(FIT_SECONDS, 0.0)))
                      for t in trials],
     }
 

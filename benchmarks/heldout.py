@@ -74,7 +74,7 @@ def report(args: argparse.Namespace) -> None:
     from optuna.trial import TrialState
 
     from benchmarks._common import machine, machine_table, trial_overheads, write_result
-    from search.names import BASELINES_ATTR, DATA_ATTR, HELDOUT_ATTR
+    from search.names import BASELINES_ATTR, DATA_ATTR, EPOCHS_TRAINED, FIT_SECONDS, HELDOUT_ATTR
 
     start = time.perf_counter()
     if not args.summarize_only:
@@ -94,10 +94,10 @@ def report(args: argparse.Namespace) -> None:
     heldout = study.user_attrs.get(HELDOUT_ATTR, {})
     data = study.user_attrs.get(DATA_ATTR, {})
     fold_images = data.get("n_train", 0) * (args.folds - 1) / args.folds
-    epochs = (sum(t.user_attrs.get("epochs_trained", 0) for t in trials)
-              + sum(b.get("epochs_trained", 0) for b in baselines.values()))
-    fit_seconds = (sum(t.user_attrs.get("fit_seconds", 0) for t in trials)
-                   + sum(b.get("fit_seconds", 0) for b in baselines.values()))
+    epochs = (sum(t.user_attrs.get(EPOCHS_TRAINED, 0) for t in trials)
+              + sum(b.get(EPOCHS_TRAINED, 0) for b in baselines.values()))
+    fit_seconds = (sum(t.user_attrs.get(FIT_SECONDS, 0) for t in trials)
+                   + sum(b.get(FIT_SECONDS, 0) for b in baselines.values()))
     rows = []
     for label, entry in heldout.items():
         rows.append({"recipe": label, "epochs": entry["epochs"], "train_loss": entry["train_loss"],

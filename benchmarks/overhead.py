@@ -29,6 +29,7 @@ def main() -> None:
     from benchmarks._common import machine, machine_table, write_result
     from search.config import build_config
     from search.driver import run_study
+    from search.names import EPOCHS_TRAINED, FIT_SECONDS
 
     with tempfile.TemporaryDirectory() as tmp:
         config = build_config(
@@ -40,8 +41,8 @@ def main() -> None:
         outcome = run_study(config, progress=False, data_dir=args.data_dir)
         wall = time.perf_counter() - start
     trials = outcome.study.trials
-    fit = sum(t.user_attrs.get("fit_seconds", 0.0) for t in trials)
-    epochs = int(sum(t.user_attrs.get("epochs_trained", 0) for t in trials))
+    fit = sum(t.user_attrs.get(FIT_SECONDS, 0.0) for t in trials)
+    epochs = int(sum(t.user_attrs.get(EPOCHS_TRAINED, 0) for t in trials))
     mode = "rebuild per fold" if args.rebuild_per_trial else "one compiled model reused"
     result = {
         "study": args.study, "models": mode, "trials": len(trials), "folds": args.folds, "max_epochs": args.epochs,

@@ -38,6 +38,7 @@ def main() -> None:
 
     from search.config import build_config
     from search.driver import run_study
+    from search.names import EPOCHS_TRAINED
 
     rows = []
     for seed in args.seeds:
@@ -59,7 +60,7 @@ def main() -> None:
                     "pruner": pruner, "seed": seed, "fold_mode": args.fold_mode,
                     "judged": judged,
                     "best_cv_val_loss": outcome.study.best_value,
-                    "epochs_trained": int(sum(t.user_attrs.get("epochs_trained", 0)
+                    "epochs_trained": int(sum(t.user_attrs.get(EPOCHS_TRAINED, 0)
                                               for t in trials)),
                     "pruned": sum(t.state == TrialState.PRUNED for t in trials),
                     "failed": sum(t.state == TrialState.FAIL for t in trials),
@@ -96,6 +97,7 @@ def write(args, name: str, rows: list[dict]) -> None:  # noqa: ANN001
     )
     print(md)
     print(f"written: {write_result(name, {'rows': rows, 'machine': machine()}, md)}")
+
 
 if __name__ == "__main__":
     main()

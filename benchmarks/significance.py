@@ -39,7 +39,14 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict[str, Any]:
     from search.convergence import convergence
     from search.datasets import load_data
     from search.driver import run_study
-    from search.names import HELDOUT_ATTR, PARENT_RUN_ATTR, RECIPE_ATTR
+    from search.names import (
+        BEST_EPOCHS_ATTR,
+        DATA_ATTR,
+        FIT_SECONDS,
+        HELDOUT_ATTR,
+        PARENT_RUN_ATTR,
+        RECIPE_ATTR,
+    )
     from search.report import final_epochs
     from search.selection import ranked_trials
     from search.training import prepare_training
@@ -64,7 +71,7 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict[str, Any]:
     stop_at, trajectory = None, []
     for n in range(1, len(finished) + 1):
         view = optuna.create_study(study_name=study.study_name)
-        view.set_user_attr("regsearch.data", study.user_attrs.get("regsearch.data", {}))
+        view.set_user_attr(DATA_ATTR, study.user_attrs.get(DATA_ATTR, {}))
         view.add_trials(finished[:n])
         state = convergence(view, config.spec.space, seed=seed)
         if state is None:
@@ -75,7 +82,7 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict[str, Any]:
             stop_at = (n, state, ranked_trials(view)[0])
 
     def fit_seconds(trials: list) -> float:
-        return sum(t.user_attrs.get("fit_seconds", 0.0) for t in trials)
+        return sum(t.user_attrs.get(FIT_SECONDS, 0.0) for t in trials)
 
     heldout = study.user_attrs.get(HELDOUT_ATTR, {})
     rows = report["rows"]
@@ -112,7 +119,7 @@ def run_seed(args: argparse.Namespace, seed: int, root: Path) -> dict[str, Any]:
             training = prepare_training(config, data)
             loss = train_final(data.train, data.heldout,
                                Recipe.from_dict(chosen.user_attrs[RECIPE_ATTR]), training.models,
-                               epochs=final_epochs(chosen.user_attrs["best_epochs"]), seed=seed,
+                               epochs=final_epochs(chosen.user_attrs[BEST_EPOCHS_ATTR]), seed=seed,
                                class_weight=training.class_weight).heldout_loss
         result["stop"] = {"trials": n, "fit_seconds": fit_seconds(finished[:n]),
                           "selected_trial": chosen.number, "heldout_loss": loss,

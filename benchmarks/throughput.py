@@ -87,7 +87,7 @@ def _study_run(args: argparse.Namespace, workers: int, precision: str, gpu: bool
 
     from benchmarks._common import trial_overheads
     from search.config import build_config
-    from search.names import DATA_ATTR
+    from search.names import DATA_ATTR, EPOCHS_TRAINED, FIT_SECONDS
 
     name = build_config(args.study, overrides=args.set).name
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,8 +115,8 @@ def _study_run(args: argparse.Namespace, workers: int, precision: str, gpu: bool
         n_train = int(study.user_attrs[DATA_ATTR]["n_train"])
         failed_epochs = _failed_epochs(trials, f"sqlite:///{tmp}/mlflow.db", args.folds)
     fold_train = n_train * (args.folds - 1) / args.folds
-    epochs = sum(t.user_attrs.get("epochs_trained", 0.0) for t in trials) + failed_epochs
-    fit = sum(t.user_attrs.get("fit_seconds", 0.0) for t in trials)
+    epochs = sum(t.user_attrs.get(EPOCHS_TRAINED, 0.0) for t in trials) + failed_epochs
+    fit = sum(t.user_attrs.get(FIT_SECONDS, 0.0) for t in trials)
     states = [t.state.name for t in trials]
     row.update({
         "trials": len(trials), "complete": states.count("COMPLETE"), "failed": states.count("FAIL"),

@@ -2,55 +2,27 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from search.baseline_sets import BASELINE_SETS
+from search.liveness import killed_reason, process_gone, this_process
 from search.names import (
     BASELINE_TAG,
     BASELINES_ATTR,
     BEST_EPOCHS_ATTR,
+    CV_LOSS,
     FAIL_REASON_ATTR,
     FOLD_LOSSES_ATTR,
+    RECIPE_ATTR,
     RUN_ID_ATTR,
     RUNNING_IN_KEY,
 )
-from search.liveness import killed_reason, process_gone, this_process
 from search.progress import StudyProgress, job
 from search.recording import fold_losses, make_recipe, start_run, train_recorded
+from search.tracking import Tracker
 from spaces.strengths import OFF
-
-if TYPE_CHECKING:
-    from search.tracking import Tracker
-    from trainers.fit import ClassWeight
-
-# The hand-picked recipes of the reference report on Tiny ImageNet. Each starts from "no
-# regularization" and the study's fixed settings; patience is the study's default, so the
-# baselines get the same early stopping (best weights restored) as the searched trials. The
-# reference augmentation (flips, brightness 0.4, contrast 0.8-1.2, saturation 0.7-1.3) is our
-# magnitude 1.0, which also adds small rotations, translations and zooms.
-REFERENCE: dict[str, dict[str, float]] = {
-    "none": {},
-    "l2": {"l2": 1e-4},
-    "augmentation": {"augment": 1.0},
-    "dropout_0.25": {"dropout": 0.25},
-    "l2_1.5e-4_dropout_0.2": {"l2": 1.5e-4, "dropout": 0.2},
-}
-# What modern training recipes use instead, each alone and then together (the DeiT/timm
-# bundle, scaled to small models: mixup 0.2 rather than 0.8), beside the reference five.
-# Keras' own RandAugment and AugMix turn XLA off for the whole model (they contain
-# RandomRotation/RandomShear/RandomTranslation), so the augmentation is regsearch's one-magnitude
-# RandomAugment at 1.0: RandAugment's idea of one magnitude for every operation.
-MODERN: dict[str, dict[str, float]] = {
-    "adamw_0.05": {"weight_decay": 0.05},
-    "label_smoothing_0.1": {"label_smoothing": 0.1},
-    "mixup_0.2": {"mixup": 0.2},
-    "cutmix_1.0": {"cutmix": 1.0},
-    "adamw_0.05_label_smoothing_0.1_mixup_0.2_augmentation": {
-        "weight_decay": 0.05, "label_smoothing": 0.1, "mixup": 0.2, "augment": 1.0},
-}
-BASELINE_SETS: dict[str, dict[str, dict[str, float]]] = {
-    "reference": REFERENCE,
-    "modern": {**REFERENCE, **MODERN},
-}
+from trainers.batched import fold_trainer
+from trainers.fit import ClassWeight, TrainingFailed
 
 
 def baseline_recipes(config: Any, set_name: str) -> dict[str, Any]:
@@ -69,8 +41,8 @@ def baseline_recipes(config: Any, set_name: str) -> dict[str, Any]:
 
 
 def run_baselines(study: Any, config: Any, recipes: dict[str, Any], *, data: Any, folds: Any,
-                  models: Any, tracker: "Tracker", parent_run_id: str, console: Any = None,
-                  class_weight: "ClassWeight" = None,
+                  models: Any, tracker: Tracker, parent_run_id: str, console: Any = None,
+                  class_weight: ClassWeight = None,
                   progress: StudyProgress | None = None) -> dict[str, dict[str, Any]]:
     """Cross-validate each baseline once per study (a resumed study skips those already done).
 
@@ -82,10 +54,6 @@ def run_baselines(study: Any, config: Any, recipes: dict[str, Any], *, data: Any
         ``{name: outcome}``; an outcome has the recipe, ``cv_val_loss`` and friends, or
         ``fail_reason``.
     """
-    # Keras: `search.config` reads this module's sets before the CLI may start it
-    from trainers.batched import fold_trainer
-    from trainers.fit import TrainingFailed
-
     cross_validate = fold_trainer(config.fold_mode)  # the study's fold mode, as its trials
 
     done: dict[str, dict[str, Any]] = dict(study.user_attrs.get(BASELINES_ATTR, {}))
@@ -93,7 +61,7 @@ def run_baselines(study: Any, config: Any, recipes: dict[str, Any], *, data: Any
         previous = done.pop(name, None)
         # a recipe stored before a regularizer existed had it off: the same recipe
         if previous is not None and RUNNING_IN_KEY not in previous \
-                and {**OFF, **previous.get("recipe", {})} == recipe.to_dict():
+                and {**OFF, **previous.get(RECIPE_ATTR, {})} == recipe.to_dict():
             done[name] = previous
             continue
         if previous is not None and process_gone(previous.get(RUNNING_IN_KEY, {})):
@@ -102,7 +70,7 @@ def run_baselines(study: Any, config: Any, recipes: dict[str, Any], *, data: Any
                                reason=killed_reason(previous[RUNNING_IN_KEY]))
         run_id = start_run(tracker, parent_run_id, recipe, name=f"baseline-{name}",
                            role="baseline", tags={BASELINE_TAG: name})
-        outcome: dict[str, Any] = {"recipe": recipe.to_dict(), RUN_ID_ATTR: run_id}
+        outcome: dict[str, Any] = {RECIPE_ATTR: recipe.to_dict(), RUN_ID_ATTR: run_id}
         study.set_user_attr(BASELINES_ATTR,
                             {**done, name: {**outcome, RUNNING_IN_KEY: this_process()}})
         with job(progress, f"baseline {name}") as hooks:
@@ -121,7 +89,7 @@ def run_baselines(study: Any, config: Any, recipes: dict[str, Any], *, data: Any
         done[name] = outcome
         study.set_user_attr(BASELINES_ATTR, done)
         if console is not None:
-            shown = (f"cv val_loss {outcome['cv_val_loss']:.4f}" if "cv_val_loss" in outcome
+            shown = (f"cv val_loss {outcome[CV_LOSS]:.4f}" if CV_LOSS in outcome
                      else f"failed ({outcome[FAIL_REASON_ATTR]})")
             console.print(f"baseline {name}: {shown}", highlight=False)
     return {name: done[name] for name in recipes}

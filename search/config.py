@@ -8,16 +8,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.baselines import BASELINE_SETS
+from search.baseline_sets import BASELINE_SETS
 from spaces import StudySpec, check_choice, check_float, check_int, load_study
-from spaces.load import FOLD_MODES, PRUNERS, SAMPLERS, SEED_MAX
+from spaces.load import FOLD_MODES, N_FOLDS_RANGE, PRUNERS, SAMPLERS, SEED_MAX
+from spaces.strengths import STRENGTHS
 
 DEFAULT_ROOT = Path("mlruns")
 PRECISIONS = ("float32", "bfloat16")
-# What batched folds do not train yet: the decoupled decay lives in `trainers.optimizer`'s AdamW,
-# label smoothing and the mix weight in `trainers.loss`, while a `trainers.batched.FoldCopies`
-# step has its own optimizer and masked loss (ZCA, fitted per fold's model, is refused too)
-NOT_BATCHED = ("weight_decay", "label_smoothing", "mixup", "cutmix")
+# What batched folds do not train yet (`Strength.batched`): the decoupled decay lives in
+# `trainers.optimizer`'s AdamW, label smoothing and the mix weight in `trainers.loss`, while a
+# `trainers.batched.FoldCopies` step has its own optimizer and masked loss (ZCA, fitted per
+# fold's model, is refused too)
+NOT_BATCHED = tuple(s.name for s in STRENGTHS if not s.batched)
 # What a mistake in a study file, an option, the data or a store looks like when it is found.
 USER_ERRORS = (LookupError, ValueError, TypeError, FileNotFoundError)
 
@@ -104,7 +106,7 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         check_int("--trials", self.n_trials, low=1)
-        check_int("--folds", self.n_folds, low=2, high=20)
+        check_int("--folds", self.n_folds, low=N_FOLDS_RANGE[0], high=N_FOLDS_RANGE[1])
         check_int("--epochs", self.max_epochs, low=1)
         check_choice("--sampler", self.sampler, SAMPLERS)
         check_choice("--pruner", self.pruner, PRUNERS)

@@ -32,6 +32,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from optuna.trial import TrialState
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.gaussian_process import GaussianProcessRegressor
+from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 
 from search.names import FOLD_LOSSES_ATTR
 from search.selection import CHANCE_TOLERANCE, chance_level, n_classes_of, ranked_trials
@@ -104,8 +108,6 @@ def pruned_scores(study: Any) -> list[tuple[dict[str, Any], float]]:
     out, the rule would wait for 20 complete trials that a budget of 40 never reaches, and the
     model would know nothing of the regions the pruner already ruled out.
     """
-    from optuna.trial import TrialState
-
     classes = n_classes_of(study)
     line = chance_level(classes) * (1 - CHANCE_TOLERANCE) if classes else math.inf
     out = []
@@ -123,10 +125,6 @@ def regret_bound(x: np.ndarray, y: np.ndarray, candidates: np.ndarray, *, seed: 
     ``x``: recipes in the unit cube, one row per trial; ``y``: their losses (lower is better);
     ``candidates``: more recipes of the space to look for a lower bound among.
     """
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.gaussian_process import GaussianProcessRegressor
-    from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
-
     n, d = x.shape
     scale = max(float(np.std(y)), 1e-10)
     z = (y - np.mean(y)) / scale

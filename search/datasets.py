@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
+from sklearn.model_selection import train_test_split
+
 from spaces import check_float, check_keys
-from trainers.data import Dataset
+from trainers.data import Dataset, load_digits
+from trainers.imagefolder import load_image_folder
+from trainers.tinyimagenet import load_tinyimagenet
 
 # ZCA's matrix is (height * width * channels)^2 floats, decomposed once per fold: 3072 values
 # (32x32x3) make 38 MB and about a second; 64x64x3 would make 600 MB and minutes per fold.
@@ -95,10 +99,6 @@ def load_data(data: dict[str, Any], *, where: str, seed: int = 0, data_dir: str 
 def _digits(options: dict[str, Any], *, where: str, seed: int,
             progress: bool) -> tuple[Dataset, Dataset | None]:
     """scikit-learn's 8x8 digits, with a stratified held-out fraction if asked."""
-    from sklearn.model_selection import train_test_split
-
-    from trainers.data import load_digits
-
     full = load_digits()
     fraction = options.get("heldout_fraction", 0.0)
     if not fraction:
@@ -119,16 +119,12 @@ def _digits(options: dict[str, Any], *, where: str, seed: int,
 def _tinyimagenet(options: dict[str, Any], *, where: str, seed: int,
                   progress: bool) -> tuple[Dataset, Dataset | None]:
     """Tiny ImageNet's training images of the chosen classes, and its validation images."""
-    from trainers.tinyimagenet import load_tinyimagenet
-
     return load_tinyimagenet(progress=progress, **options)
 
 
 def _folder(options: dict[str, Any], *, where: str, seed: int,
             progress: bool) -> tuple[Dataset, Dataset | None]:
     """A folder of class subfolders (`trainers.imagefolder`)."""
-    from trainers.imagefolder import load_image_folder
-
     if "root" not in options:
         raise ValueError(f"{where}: 'data.root' is required for source 'folder' (or pass --data-dir).")
     if "image_size" not in options:

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import keras
 import optuna
 from optuna.trial import TrialState
 from rich.console import Console
 
+from search.baselines import baseline_recipes, run_baselines
 from search.config import StudyConfig, user_input
 from search.convergence import stopped_line
 from search.datasets import StudyData, load_data
@@ -27,11 +29,18 @@ from search.mlflow_tracker import MlflowTracker
 from search.names import (
     BACKEND_ATTR,
     BEST_EPOCHS_ATTR,
+    BEST_TAG_PREFIX,
+    BEST_TRIAL_TAG,
     CONVERGED_ATTR,
+    CV_ACCURACY,
+    CV_LOSS,
+    CV_LOSS_STD,
     DATA_ATTR,
     FOLD_LOSSES_ATTR,
+    GAP,
     INTERRUPTED_ATTR,
     PARENT_RUN_ATTR,
+    PLOTS_SKIPPED_TAG_PREFIX,
     RECIPE_ATTR,
     STORAGE_TAG,
     WORKER_ATTR,
@@ -41,13 +50,16 @@ from search.progress import StudyProgress, best_trials_table
 from search.recipe_file import recipe_document, write_recipe
 from search.recording import close_runs_left_running, close_trial_run
 from search.redact import redact_url
+from search.report import heldout_report, report_lines, report_table
 from search.selection import at_chance, nothing_selected, ranked_trials, selected_trial
 from search.stopping import as_stop
+from search.stats import design_warnings, search_warnings
 from search.stores import EXIT_STORE_LOST
 from search.study import STALE_REASON, TPE_DEFAULTS, count_trials, open_study, quiet_optuna
 from search.tracking import StorageLost, StoreLost, Tracker
 from search.training import Training, prepare_training
 from search.worker import Objective, announce, run_trials
+from trainers.models import check_model_name
 
 
 @dataclass(frozen=True)
@@ -78,8 +90,6 @@ def _open_session(config: StudyConfig, *, data_dir: str | None, progress: bool,
                   worker: int = 0) -> _Session:
     quiet_optuna()
     with user_input():  # the data, the stores, the model options: the user's to fix
-        from trainers.models import check_model_name
-
         # before the stored study is compared with this one: the name is wrong either way
         check_model_name(config.spec.model["name"])
         data = load_data(config.spec.data, where=str(config.spec.path), seed=config.seed,
@@ -87,22 +97,25 @@ def _open_session(config: StudyConfig, *, data_dir: str | None, progress: bool,
         deleted: list[int] = []
         study = open_study(config, create=worker == 0, on_stale=functools.partial(
             _close_stale_run, config.tracking_uri), on_deleted=deleted.append)
-        tracker = MlflowTracker(config.tracking_uri)
+        tracker = open_tracker(config.tracking_uri)
     orphans = _fail_stale(study, tracker)
     unclosed = close_runs_left_running(tracker, study)
     with user_input():  # before the parent run: a model that cannot be built leaves none open
         training = prepare_training(config, data)
     parent = _agree_on_parent(study, config, tracker)
     study.set_user_attr(DATA_ATTR, {**data.describe(), "augment_preset": data.augment_preset})
-    import keras
-
     study.set_user_attr(BACKEND_ATTR, keras.backend.backend())
     return _Session(data, study, tracker, parent, training, orphans, unclosed, deleted)
 
 
+def open_tracker(tracking_uri: str) -> Tracker:
+    """The study's experiment store: the one line a new `search.tracking.Tracker` changes."""
+    return MlflowTracker(tracking_uri)
+
+
 def _close_stale_run(tracking_uri: str, trial: optuna.trial.FrozenTrial) -> None:
     """Close the MLflow run of a trial the heartbeat found stale (`search.study.open_storage`)."""
-    close_trial_run(MlflowTracker(tracking_uri), trial, reason=STALE_REASON)
+    close_trial_run(open_tracker(tracking_uri), trial, reason=STALE_REASON)
 
 
 def _fail_stale(study: optuna.Study, tracker: Tracker) -> list[int]:
@@ -202,8 +215,6 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
     try:
         with bars:
             if config.baselines:
-                from search.baselines import baseline_recipes, run_baselines
-
                 try:
                     baselines = run_baselines(
                         study, config, baseline_recipes(config, config.baselines),
@@ -324,9 +335,6 @@ def _worker_label(trial: optuna.trial.FrozenTrial) -> str:
 def _report(study, config, data, training, tracker, parent, baselines,  # noqa: ANN001
             console, progress) -> None:
     """Retrain the selected trial and the baselines; print and log the held-out table."""
-    from search.report import heldout_report, report_lines, report_table
-    from search.stats import design_warnings, search_warnings
-
     ranked = ranked_trials(study)[:config.report_top]
     if not ranked:
         console.print(f"held-out report: nothing to report; {nothing_selected(study)}",
@@ -335,7 +343,7 @@ def _report(study, config, data, training, tracker, parent, baselines,  # noqa: 
     best = ranked[0]
 
     def candidate(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-        return {"recipe": trial.user_attrs[RECIPE_ATTR], "cv_val_loss": trial.value,
+        return {RECIPE_ATTR: trial.user_attrs[RECIPE_ATTR], CV_LOSS: trial.value,
                 BEST_EPOCHS_ATTR: trial.user_attrs[BEST_EPOCHS_ATTR],
                 FOLD_LOSSES_ATTR: trial.user_attrs.get(FOLD_LOSSES_ATTR)}
 
@@ -343,7 +351,7 @@ def _report(study, config, data, training, tracker, parent, baselines,  # noqa: 
     candidates = {f"selected (trial {best.number})": candidate(best)}
     candidates.update({f"trial {t.number}": candidate(t) for t in ranked[1:]})
     candidates.update({f"baseline {name}": outcome for name, outcome in baselines.items()
-                       if "cv_val_loss" in outcome})
+                       if CV_LOSS in outcome})
     recipe = best.user_attrs[RECIPE_ATTR]
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     random = ({**TPE_DEFAULTS, **config.tpe_options}["n_startup_trials"]
@@ -371,9 +379,9 @@ def _best_value(study: optuna.Study) -> float | None:
 def best_rows(study: optuna.Study, k: int = 5) -> list[dict[str, Any]]:
     """The ``k`` selectable trials (`search.selection`) with the lowest CV loss, as rows."""
     return [
-        {"number": t.number, "value": t.value, "std": t.user_attrs.get("cv_val_loss_std", math.nan),
-         "accuracy": t.user_attrs.get("cv_val_accuracy", math.nan),
-         "gap": t.user_attrs.get("generalization_gap", math.nan),
+        {"number": t.number, "value": t.value, "std": t.user_attrs.get(CV_LOSS_STD, math.nan),
+         "accuracy": t.user_attrs.get(CV_ACCURACY, math.nan),
+         "gap": t.user_attrs.get(GAP, math.nan),
          "params": t.user_attrs.get(RECIPE_ATTR, {})}
         for t in ranked_trials(study)[:k]
     ]
@@ -399,13 +407,13 @@ def finish_parent(study: optuna.Study, config: StudyConfig, tracker: Tracker, pa
         best = selected_trial(study)
         if best is not None:
             tracker.log_metrics(parent, {"best_cv_val_loss": best.value}, step=len(study.trials))
-            tags = {f"best.{k}": str(v) for k, v in rows[0]["params"].items()}
-            tags["best.trial_number"] = str(best.number)
+            tags = {f"{BEST_TAG_PREFIX}{k}": str(v) for k, v in rows[0]["params"].items()}
+            tags[BEST_TRIAL_TAG] = str(best.number)
             tracker.set_tags(parent, tags)
             document = recipe_document(study, best, storage=redact_url(config.storage))
             tracker.log_artifacts(parent, [write_recipe(document, Path(tmp) / "best_recipe.yaml")])
         plots, skipped = save_study_plots(study, Path(tmp) / "plots")
         tracker.log_artifacts(parent, plots, "plots")
         if skipped:
-            tracker.set_tags(parent, {f"plots.skipped.{k}": v[:500] for k, v in skipped.items()})
+            tracker.set_tags(parent, {f"{PLOTS_SKIPPED_TAG_PREFIX}{k}": v[:500] for k, v in skipped.items()})
     tracker.finish_parent(parent, status="KILLED" if interrupted else "FINISHED")

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from search.redact import redact_url
+
 EXIT_USAGE = 2
 
 
@@ -48,17 +50,10 @@ def export(study: str, *, output: str | None = None, fmt: str | None = None,
         LookupError: no such study in the storage, or no such trial.
         ValueError: the study has no complete trial yet, or the trial is not complete.
     """
-    import optuna
-    from optuna.trial import TrialState
-
+    # the study files: after --help, which argparse answers alone
     from search.config import default_storage
-    from search.recipe_file import recipe_document, write_recipe
-    from search.redact import redact_url
-    from search.selection import at_chance, n_classes_of, nothing_selected, selected_trial
-    from search.study import open_storage, quiet_optuna
     from spaces import load_study
 
-    quiet_optuna()
     # a study file's study is its `name:`, as `search.run` stores it (not the file's stem)
     name = load_study(study).name if study.endswith((".yaml", ".yml")) else study
     storage = storage or default_storage()
@@ -67,6 +62,15 @@ def export(study: str, *, output: str | None = None, fmt: str | None = None,
     if local is not None and not local.exists():
         raise LookupError(f"no study storage at {storage}; run `python -m search.run --study "
                           f"{name}` first, or pass --storage.")
+    # Optuna and the database drivers: once there is a storage to open
+    import optuna
+    from optuna.trial import TrialState
+
+    from search.recipe_file import recipe_document, write_recipe
+    from search.selection import at_chance, n_classes_of, nothing_selected, selected_trial
+    from search.study import open_storage, quiet_optuna
+
+    quiet_optuna()
     opened = open_storage(storage)  # a URL that cannot be opened: ValueError, one line
     try:
         loaded = optuna.load_study(study_name=name, storage=opened)
@@ -103,7 +107,7 @@ def export(study: str, *, output: str | None = None, fmt: str | None = None,
 
 def replaced_line(path: Path, new: dict) -> str:
     """``overwrote digits_recipe.yaml (it held trial 12 of study digits; now trial 17)``."""
-    from search.recipe_file import read_recipe
+    from search.recipe_file import read_recipe  # as in `export`
 
     try:
         old = read_recipe(path)

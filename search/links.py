@@ -30,10 +30,15 @@ import re
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import quote, urlencode
 
+from search.config import default_storage
 from search.names import (
     AT_CHANCE_TAG,
     BASELINES_ATTR,
+    CV_ACCURACY,
+    CV_LOSS,
+    CV_LOSS_STD,
     FAIL_REASON_TAG,
+    GAP,
     ROLE_TAG,
     RUN_ID_ATTR,
     SHARED_VIEW_KEY,
@@ -48,8 +53,8 @@ LOCAL_UI = "http://127.0.0.1:5000"
 # trials in the compare link, beside the baselines
 N_COMPARED = 5
 # the score and its parts, in the order the trials view shows them
-SCORE_METRICS = ("cv_val_loss", "cv_val_loss_std")
-OTHER_METRICS = ("cv_val_accuracy", "generalization_gap")
+SCORE_METRICS = (CV_LOSS, CV_LOSS_STD)
+OTHER_METRICS = (CV_ACCURACY, GAP)
 
 _SECTION = "regsearch-section"  # the trials view's one chart section
 
@@ -85,14 +90,14 @@ def trials_view(param_names: Sequence[str], n_folds: int) -> dict[str, Any]:
                + [f"metrics.`{m}`" for m in metrics] + [f"params.`{p}`" for p in param_names])
     parallel = {"uuid": "regsearch-parallel", "type": "PARALLEL", "runsCountToCompare": 10,
                 "metricSectionId": _SECTION, "deleted": False, "isGenerated": False,
-                "selectedParams": list(param_names), "selectedMetrics": ["cv_val_loss"],
+                "selectedParams": list(param_names), "selectedMetrics": [CV_LOSS],
                 "showAllRuns": False}
     # a chart with a metric after the parallel one keeps it first: MLflow inserts the charts it
     # adds for the other metrics before the first chart whose metric sorts after theirs, or
     # before the last chart when there is none
     score = {"uuid": "regsearch-score", "type": "BAR", "runsCountToCompare": 10,
              "metricSectionId": _SECTION, "deleted": False, "isGenerated": True,
-             "metricKey": "cv_val_loss", "displayName": "cv_val_loss"}
+             "metricKey": CV_LOSS, "displayName": CV_LOSS}
     return {
         "searchFilter": f"tags.`{ROLE_TAG}` != 'study'",
         "orderByKey": "metrics.`cv_val_loss`",
@@ -143,7 +148,7 @@ def compared_runs(study: Any, k: int = N_COMPARED) -> tuple[list[str], int, int]
     trials = [t.user_attrs[RUN_ID_ATTR] for t in complete[:k]]
     baselines = [outcome[RUN_ID_ATTR]
                  for outcome in study.user_attrs.get(BASELINES_ATTR, {}).values()
-                 if "cv_val_loss" in outcome and outcome.get(RUN_ID_ATTR)]
+                 if CV_LOSS in outcome and outcome.get(RUN_ID_ATTR)]
     return trials + baselines, len(trials), len(baselines)
 
 
@@ -205,8 +210,6 @@ def share_trials_view(tracker: Any, parent_run_id: str, config: Any) -> None:
 
 def study_next_steps(study: Any, config: Any, tracker: Any, parent_run_id: str) -> list[str]:
     """`next_steps` for a study of ``config`` (a `search.config.StudyConfig`)."""
-    from search.config import default_storage
-
     compared = compared_runs(study)
     return next_steps(
         tracking_uri=config.tracking_uri, study_name=config.name,

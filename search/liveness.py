@@ -9,6 +9,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
+
 from search.names import (
     FAIL_REASON_ATTR,
     INTERRUPTED_ATTR,
@@ -156,9 +159,6 @@ def _fail_running(study: Any, reason_of: Callable[[Any], str | None],
     joining together, or the heartbeat): the storage lets one of them finish it, and only
     that one records the reason's consequences.
     """
-    from optuna.exceptions import UpdateFinishedTrialError
-    from optuna.trial import TrialState
-
     storage = study._storage
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

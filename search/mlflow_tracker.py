@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from sqlalchemy.exc import IntegrityError
 
 from search.names import (
     FAIL_REASON_TAG,
@@ -26,6 +27,15 @@ from search.names import (
     TRIAL_STATE_TAG,
 )
 from search.redact import redact_url
+from search.stores import (
+    check_store,
+    check_tracking_server,
+    MLFLOW_SQLITE_WAIT_SECONDS,
+    lost_cause,
+    retry_schema_race,
+    schema_lock,
+    store_error,
+)
 from search.tracking import ParentStatus, RunState, TrackingLost
 
 # Optuna's trial states, as MLflow run statuses. A pruned trial is a normal outcome of a
@@ -65,8 +75,6 @@ _DUPLICATE_KEY_WORDS = ("duplicate key value violates unique constraint",
 def _duplicate_key(exc: BaseException) -> bool:
     """Whether ``exc`` (or what it was raised from) is the database's unique-key violation,
     raised here (a database store) or answered by a tracking server (its message)."""
-    from sqlalchemy.exc import IntegrityError
-
     while exc is not None:
         if isinstance(exc, IntegrityError) or any(w in str(exc) for w in _DUPLICATE_KEY_WORDS):
             return True
@@ -90,8 +98,6 @@ class _LosableClient:
             try:
                 return attr(*args, **kwargs)
             except Exception as exc:
-                from search.stores import MLFLOW_SQLITE_WAIT_SECONDS, lost_cause
-
                 # the artifacts it writes are files of the store too
                 words = lost_cause(exc, self._uri, files=True, wait=MLFLOW_SQLITE_WAIT_SECONDS)
                 if words is None:
@@ -115,14 +121,6 @@ class MlflowTracker:
         if tracking_uri.startswith("sqlite:///"):
             db = Path(tracking_uri.removeprefix("sqlite:///"))  # its folder: `schema_lock`
             self.artifact_root = (db.parent / "artifacts").resolve().as_uri()
-        from search.stores import (
-            check_store,
-            check_tracking_server,
-            retry_schema_race,
-            schema_lock,
-            store_error,
-        )
-
         if tracking_uri.startswith(("http://", "https://")):
             check_tracking_server(tracking_uri)
         check_store("--tracking-uri", tracking_uri)  # a local file: before anything is written

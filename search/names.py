@@ -1,4 +1,5 @@
-"""The names regsearch stores: Optuna study and trial attributes, MLflow tags. Nothing else.
+"""The names regsearch stores: Optuna study and trial attributes, MLflow tags and the metrics
+kept as both. Nothing else.
 
 Stored names outlive the code that wrote them (a study resumed by a newer regsearch, an export
 of an old study), so each is written here once and every module reads it from here.
@@ -43,6 +44,25 @@ BASELINE_TAG = "baseline"  # a baseline run's name
 WORKER_TAG = WORKER_ATTR
 BACKEND_TAG = "keras_backend"
 AT_CHANCE_TAG = "regsearch.at_chance"  # "true" on a run whose recipe never beat chance level
+
+# the study's MLflow parent run: ``best.<key>`` per searched value of the selected trial, and
+# ``plots.skipped.<plot>``: why a plot was not drawn
+BEST_TAG_PREFIX = "best."
+BEST_TRIAL_TAG = f"{BEST_TAG_PREFIX}trial_number"
+PLOTS_SKIPPED_TAG_PREFIX = "plots.skipped."
+
+# Metrics of a cross-validated recipe (`search.recording.summarize`): logged to its MLflow run,
+# and kept as user attributes of its Optuna trial (a baseline: in its stored outcome)
+CV_LOSS = "cv_val_loss"  # the objective: the folds' mean best validation loss
+CV_LOSS_STD = "cv_val_loss_std"
+CV_ACCURACY = "cv_val_accuracy"
+CV_TRAIN_LOSS = "cv_train_loss"
+GAP = "generalization_gap"
+N_FOLDS_TRAINED = "n_folds_trained"
+EPOCHS_TRAINED = "epochs_trained"
+FIT_SECONDS = "fit_seconds"
+FIRST_STEP_SECONDS = "first_step_seconds"
+LATER_FIRST_STEP_SECONDS = "later_folds_first_step_seconds"
 
 # MLflow experiment tags
 # MLflow's UI reads a view (search, sort, columns, charts) from the experiment tag

@@ -11,7 +11,16 @@ from typing import Any
 
 import yaml
 
-from search.names import BACKEND_ATTR, DATA_ATTR, RECIPE_ATTR, RUN_ID_ATTR, SETTINGS_ATTR
+from search.names import (
+    BACKEND_ATTR,
+    CV_ACCURACY,
+    CV_LOSS_STD,
+    DATA_ATTR,
+    GAP,
+    RECIPE_ATTR,
+    RUN_ID_ATTR,
+    SETTINGS_ATTR,
+)
 
 FORMAT_VERSION = 1
 _PACKAGES = ("regsearch", "keras", "optuna", "mlflow-skinny", "numpy", "scikit-learn",
@@ -44,11 +53,11 @@ def recipe_document(study: Any, trial: Any, *, storage: str, mlflow_run_id: str 
         "trial": trial.number,
         "cv_val_loss": {
             "mean": trial.value,
-            "std": attrs.get("cv_val_loss_std"),
+            "std": attrs.get(CV_LOSS_STD),
             "n_folds": settings.get("n_folds"),
         },
-        "cv_val_accuracy": attrs.get("cv_val_accuracy"),
-        "generalization_gap": attrs.get("generalization_gap"),
+        "cv_val_accuracy": attrs.get(CV_ACCURACY),
+        "generalization_gap": attrs.get(GAP),
         "recipe": attrs[RECIPE_ATTR],
         "model": settings.get("model", {}),
         "data": {**settings.get("data", {}), **study.user_attrs.get(DATA_ATTR, {})},
@@ -105,6 +114,7 @@ def model_from_recipe(path_or_document: str | Path | dict[str, Any], *, compile:
     Returns:
         ``(model, recipe)``: a `keras.Model` and the `trainers.Recipe` it was built from.
     """
+    # Keras: off `search.export`, which reads and writes recipe files without a model
     from trainers.fit import compile_model
     from trainers.models import build_model
     from trainers.recipe import Recipe

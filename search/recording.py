@@ -8,12 +8,22 @@ trials that their own process could not close (killed, or its store out of reach
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from search.names import (
     AT_CHANCE_TAG,
+    CV_ACCURACY,
+    CV_LOSS,
+    CV_LOSS_STD,
+    CV_TRAIN_LOSS,
+    EPOCHS_TRAINED,
     FAIL_REASON_ATTR,
+    FIRST_STEP_SECONDS,
+    FIT_SECONDS,
+    GAP,
     INTERRUPTED_ATTR,
+    LATER_FIRST_STEP_SECONDS,
+    N_FOLDS_TRAINED,
     ROLE_TAG,
     RUN_ID_ATTR,
     TRIAL_NUMBER_TAG,
@@ -22,26 +32,22 @@ from search.names import (
 from search.selection import beats_chance
 from search.stopping import as_stop
 from search.tracking import RunState, StoreLost, Tracker, TrackingLost
-
-if TYPE_CHECKING:  # the trainers import Keras; a CLI mistake is answered before that
-    from trainers.fit import CVResult, FoldResult
-    from trainers.recipe import Recipe
+from trainers.fit import CVResult, FoldResult, TrainingFailed
+from trainers.recipe import Recipe
 
 # the trainer's fold loop: given the ``on_fold`` logger, cross-validate and return the result
-Train = Callable[[Callable[["FoldResult"], None]], "CVResult"]
+Train = Callable[[Callable[[FoldResult], None]], CVResult]
 
 
-def make_recipe(config: Any, values: Mapping[str, Any]) -> "Recipe":
+def make_recipe(config: Any, values: Mapping[str, Any]) -> Recipe:
     """Combine a study's fixed training settings (``config``: a `search.config.StudyConfig`)
     with one trial's searched values."""
-    from trainers.recipe import Recipe
-
     fixed = dict(config.spec.training)
     fixed["max_epochs"] = config.max_epochs
     return Recipe.from_dict({**fixed, **values})
 
 
-def start_run(tracker: Tracker, parent_run_id: str, recipe: "Recipe", *, name: str,
+def start_run(tracker: Tracker, parent_run_id: str, recipe: Recipe, *, name: str,
               role: str = "trial", trial_number: int = -1,
               tags: Mapping[str, str] | None = None) -> str:
     """Open the child run of a trial (or of a baseline: ``role="baseline"``, number -1)."""
@@ -53,7 +59,7 @@ def start_run(tracker: Tracker, parent_run_id: str, recipe: "Recipe", *, name: s
 def train_recorded(tracker: Tracker, run_id: str, train: Train, *, n_classes: int,
                    lead_seconds: float = 0.0,
                    on_failed: Callable[[RunState, str], None] | None = None,
-                   ) -> tuple["CVResult", dict[str, float], bool]:
+                   ) -> tuple[CVResult, dict[str, float], bool]:
     """Run ``train`` with each fold's curves logged on ``run_id``, then close the run.
 
     A finished training logs its summary (`summarize`) and closes COMPLETE, or PRUNED when
@@ -71,9 +77,9 @@ def train_recorded(tracker: Tracker, run_id: str, train: Train, *, n_classes: in
     Returns:
         The cross-validation result, its summary metrics, and whether it stayed at chance.
     """
-    folds: list["FoldResult"] = []
+    folds: list[FoldResult] = []
 
-    def on_fold(fold: "FoldResult") -> None:
+    def on_fold(fold: FoldResult) -> None:
         folds.append(fold)
         # the score first: MLflow's compare page plots the first metric its runs share
         tracker.log_metrics(run_id, fold_scores(folds), step=fold.fold)
@@ -98,7 +104,7 @@ def train_recorded(tracker: Tracker, run_id: str, train: Train, *, n_classes: in
         raise
     summary = summarize(result, lead_seconds=lead_seconds)
     # cv_val_loss is logged by fold (`fold_scores`); its last value is the summary's
-    tracker.log_metrics(run_id, {k: v for k, v in summary.items() if k != "cv_val_loss"})
+    tracker.log_metrics(run_id, {k: v for k, v in summary.items() if k != CV_LOSS})
     at_chance = not beats_chance(fold_losses(result), n_classes)
     if at_chance:
         tracker.set_tags(run_id, {AT_CHANCE_TAG: "true"})
@@ -106,7 +112,7 @@ def train_recorded(tracker: Tracker, run_id: str, train: Train, *, n_classes: in
     return result, summary, at_chance
 
 
-def fold_losses(result: "CVResult") -> list[float]:
+def fold_losses(result: CVResult) -> list[float]:
     """Each fold's best validation loss: the terms of the CV loss, paired across recipes."""
     return [f.val_loss for f in result.folds]
 
@@ -118,14 +124,12 @@ def failure_reason(exc: BaseException) -> str:
     (`search.stopping.stop_cleanly_on`); the trainer's own words for a recipe that failed
     (NaN loss, stuck at chance); else the exception's type and message.
     """
-    from trainers.fit import TrainingFailed
-
     if isinstance(exc, KeyboardInterrupt):
         return f"interrupted ({str(exc) or 'Ctrl-C'})"
     return str(exc) if isinstance(exc, TrainingFailed) else f"{type(exc).__name__}: {exc}"
 
 
-def fold_scores(folds: "list[FoldResult]") -> dict[str, float]:
+def fold_scores(folds: list[FoldResult]) -> dict[str, float]:
     """What the score is made of, logged as each fold ends (``step`` = the fold's number).
 
     ``fold_<k>/best_val_loss`` is the fold's validation loss at its best epoch, the one early
@@ -134,22 +138,20 @@ def fold_scores(folds: "list[FoldResult]") -> dict[str, float]:
     uses. ``cv_val_loss`` is the mean best loss of the folds so far, so after the last fold it
     is the trial's objective, the mean of the ``fold_<k>/best_val_loss`` values.
     """
-    from trainers.fit import CVResult
-
     last = folds[-1]
-    return {"cv_val_loss": CVResult(tuple(folds)).val_loss,
+    return {CV_LOSS: CVResult(tuple(folds)).val_loss,
             f"fold_{last.fold}/best_val_loss": last.val_loss,
             f"fold_{last.fold}/best_epoch": float(last.best_epoch)}
 
 
-def fold_curves(fold: "FoldResult") -> dict[str, list[float]]:
+def fold_curves(fold: FoldResult) -> dict[str, list[float]]:
     """One fold's per-epoch curves under the names MLflow records them with."""
     h = fold.history
     return {"train_loss": h["cross_entropy"], "val_loss": h["val_cross_entropy"],
             "val_accuracy": h["val_accuracy"]}
 
 
-def summarize(result: "CVResult", lead_seconds: float = 0.0) -> dict[str, float]:
+def summarize(result: CVResult, lead_seconds: float = 0.0) -> dict[str, float]:
     """The summary metrics of a cross-validated recipe (trial or baseline).
 
     ``first_step_seconds`` is the time from the trial's start to its first training step:
@@ -157,18 +159,18 @@ def summarize(result: "CVResult", lead_seconds: float = 0.0) -> dict[str, float]
     plus the first fold's time to its first step. ``later_folds_first_step_seconds`` is the same
     per-fold overhead for the folds after the first (absent with one fold).
     """
-    overhead = {"first_step_seconds": lead_seconds + result.folds[0].first_step_seconds}
+    overhead = {FIRST_STEP_SECONDS: lead_seconds + result.folds[0].first_step_seconds}
     if len(result.folds) > 1:
-        overhead["later_folds_first_step_seconds"] = result.later_folds_first_step_seconds
+        overhead[LATER_FIRST_STEP_SECONDS] = result.later_folds_first_step_seconds
     return {
-        "cv_val_loss": result.val_loss,
-        "cv_val_loss_std": result.val_loss_std,
-        "cv_val_accuracy": result.val_accuracy,
-        "cv_train_loss": result.train_loss,
-        "generalization_gap": result.generalization_gap,
-        "n_folds_trained": float(len(result.folds)),
-        "epochs_trained": float(sum(f.n_epochs for f in result.folds)),
-        "fit_seconds": result.fit_seconds,
+        CV_LOSS: result.val_loss,
+        CV_LOSS_STD: result.val_loss_std,
+        CV_ACCURACY: result.val_accuracy,
+        CV_TRAIN_LOSS: result.train_loss,
+        GAP: result.generalization_gap,
+        N_FOLDS_TRAINED: float(len(result.folds)),
+        EPOCHS_TRAINED: float(sum(f.n_epochs for f in result.folds)),
+        FIT_SECONDS: result.fit_seconds,
         **overhead,
     }
 

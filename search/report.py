@@ -13,17 +13,18 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
-from search.names import BEST_EPOCHS_ATTR, FOLD_LOSSES_ATTR, HELDOUT_ATTR
-from search.stats import paired_bootstrap, paired_folds, rank_agreement, verdict
+from search.names import BEST_EPOCHS_ATTR, CV_LOSS, FOLD_LOSSES_ATTR, HELDOUT_ATTR, RECIPE_ATTR
 from search.progress import StudyProgress, job
+from search.stats import paired_bootstrap, paired_folds, rank_agreement, verdict
 from search.tracking import Tracker
 from spaces.strengths import REGULARIZERS
 from trainers.fit import ClassWeight, FinalResult, train_final
 
 # the paired bootstrap over held-out images: resamples, and its seed beside the study's
 BOOTSTRAP_RESAMPLES = 10_000
-from trainers.recipe import Recipe
+import numpy as np
 
+from trainers.recipe import Recipe
 
 
 def final_epochs(best_epochs: list[int]) -> int:
@@ -56,9 +57,9 @@ def heldout_report(study: Any, candidates: dict[str, dict[str, Any]], *, train: 
     rows = []
     curves: dict[str, dict[str, list[float]]] = {}
     for label, candidate in candidates.items():
-        recipe = Recipe.from_dict(candidate["recipe"])
+        recipe = Recipe.from_dict(candidate[RECIPE_ATTR])
         epochs = final_epochs(candidate[BEST_EPOCHS_ATTR])
-        key = json.dumps({"recipe": candidate["recipe"], "epochs": epochs}, sort_keys=True)
+        key = json.dumps({"recipe": candidate[RECIPE_ATTR], "epochs": epochs}, sort_keys=True)
         if cached.get(label, {}).get("key") != key:
             if console is not None:
                 console.print(f"retraining {label} on all {len(train)} training images for "
@@ -80,8 +81,8 @@ def heldout_report(study: Any, candidates: dict[str, dict[str, Any]], *, train: 
         entry = cached[label]
         curves[label] = entry["curves"]
         rows.append({
-            "label": label, "recipe": candidate["recipe"], "epochs": entry["epochs"],
-            "cv_val_loss": candidate.get("cv_val_loss"),
+            "label": label, "recipe": candidate[RECIPE_ATTR], "epochs": entry["epochs"],
+            "cv_val_loss": candidate.get(CV_LOSS),
             "train_loss": entry["train_loss"], "heldout_loss": entry["heldout_loss"],
             "generalization_gap": entry["heldout_loss"] - entry["train_loss"],
             "heldout_accuracy": entry["heldout_accuracy"],
@@ -116,8 +117,6 @@ def compare(rows: list[dict[str, Any]], *, seed: int) -> dict[str, Any]:
             entry["folds"] = diff.to_dict()
             entry["words"].append(verdict(diff, what))
         if selected.get("heldout_losses") and row.get("heldout_losses"):
-            import numpy as np
-
             loss = paired_bootstrap(np.asarray(selected["heldout_losses"]),
                                     np.asarray(row["heldout_losses"]),
                                     n_resamples=BOOTSTRAP_RESAMPLES, seed=seed)
@@ -187,6 +186,7 @@ def report_markdown(report: dict[str, Any], title: str) -> str:
 
 def plot_learning_curves(curves: dict[str, dict[str, list[float]]], path: Path) -> Path:
     """Train vs held-out loss per epoch, one panel per recipe, on a shared y axis."""
+    # matplotlib: as in `search.plots.save_study_plots`, only when the report is drawn
     import matplotlib
 
     matplotlib.use("Agg")

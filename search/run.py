@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import os
 import signal
 import sys
+import threading
+from pathlib import Path
 from typing import Sequence
 
+from search.config import OPTIONS, USER_ERRORS, UsageError, build_config, error_text
+from search.stopping import as_stop, remember_ctrl_c, stop_cleanly_on, stop_with_launcher
+from search.tracking import StoreLost
 from spaces import PRUNERS, SAMPLERS, builtin_studies
 
 EXIT_USAGE = 2
@@ -98,10 +105,6 @@ def check_backend(chosen: str | None) -> str:
     Raises:
         ValueError: the backend is not one regsearch trains on, or its package is missing.
     """
-    import importlib.util
-    import json
-    from pathlib import Path
-
     if chosen:
         name, source = chosen, "--backend"
     elif os.environ.get("KERAS_BACKEND"):
@@ -136,15 +139,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # TensorFlow 2.21's oneDNN CPU kernels segfault on the small ResNet (strided 1x1
     # convolution + batch norm); the plain kernels are correct.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    # rich and the GPU plan's nvidia-smi caller: after --help, which argparse answers alone
     from rich.console import Console
 
-    from search.config import OPTIONS, USER_ERRORS, UsageError, build_config, error_text
+    from search.gpus import plan_workers
 
     # Off a terminal (CI, a log file) rich would wrap tables at 80 columns.
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
     try:
-        from search.gpus import plan_workers
-
         check_backend(args.backend)
         plan = plan_workers(args.gpus, args.workers_per_gpu) if args.worker_index is None else None
         if plan is not None and plan.note:
@@ -164,10 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as exc:  # the study file and the options
         print(f"error: {error_text(exc)}", file=sys.stderr)
         return EXIT_USAGE
-    from search.driver import run_study, run_worker  # imports Keras: settings are valid
+    # Keras, Optuna, MLflow: imported once the settings are valid (a mistake is answered in 0.1 s)
+    from search.driver import run_study, run_worker
     from search.liveness import record_exit
-    from search.stopping import as_stop, remember_ctrl_c, stop_cleanly_on, stop_with_launcher
-    from search.stores import EXIT_STORE_LOST
+    from search.stores import EXIT_STORE_LOST, store_lost_in
 
     # A worker stops once, whoever asks (the terminal's Ctrl-C, the launcher's SIGTERM, both);
     # the launcher keeps Python's Ctrl-C, so a second one still forces its way out.
@@ -188,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:
-        lost = _store_lost(exc, config.storage)
+        lost = store_lost_in(exc, config.storage)
         if lost is None and as_stop(exc) is not None:
             # a stop that a library turned into its own error where nothing caught it
             print("interrupted: rerun the same command to resume.", file=sys.stderr)
@@ -205,10 +207,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _quiet_store_lost_in_threads() -> None:
     """Print no traceback for a store failure met by a thread (Optuna's heartbeat): the trial
     goes on, and the run stops in one line when its own next write meets the failure."""
-    import threading
-
-    from search.tracking import StoreLost
-
     default = threading.excepthook
 
     def hook(args: threading.ExceptHookArgs) -> None:
@@ -216,22 +214,6 @@ def _quiet_store_lost_in_threads() -> None:
             default(args)
 
     threading.excepthook = hook
-
-
-def _store_lost(exc: BaseException, storage: str):  # -> search.tracking.StoreLost | None
-    """The store failure that ``exc`` is, or was raised from (`search.tracking.StoreLost`).
-
-    A failure Optuna met outside a trial (opening the study, say) may reach here as the
-    database driver's error: it is told by `search.stores.lost_cause` and named so.
-    """
-    from search.redact import redact_url
-    from search.stores import SQLITE_WAIT_SECONDS, lost_cause, store_lost_in
-    from search.tracking import StorageLost
-
-    lost = store_lost_in(exc)
-    if lost is None and (words := lost_cause(exc, storage, wait=SQLITE_WAIT_SECONDS)) is not None:
-        lost = StorageLost(f"the Optuna storage {redact_url(storage)}", words)
-    return lost
 
 
 def _worker_argv(argv: list[str]) -> list[str]:

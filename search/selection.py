@@ -13,12 +13,11 @@ regsearch never asks it.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
 
 from search.names import AT_CHANCE_ATTR, DATA_ATTR, FOLD_LOSSES_ATTR
-
-if TYPE_CHECKING:
-    from optuna.trial import FrozenTrial
 
 
 def chance_level(n_classes: int) -> float:
@@ -27,7 +26,7 @@ def chance_level(n_classes: int) -> float:
 
 
 # A loss within this fraction of ln(K) has not left chance level: the trainer's own line
-# (`trainers.fit.CHANCE_TOLERANCE`, not imported: it would bring Keras into the CLI's start)
+# (`trainers.fit.CHANCE_TOLERANCE`, not imported: it would bring Keras into `search.export`)
 CHANCE_TOLERANCE = 0.01
 
 
@@ -37,7 +36,7 @@ def beats_chance(fold_losses: list[float], n_classes: int) -> bool:
     return bool(fold_losses) and all(math.isfinite(v) and v < line for v in fold_losses)
 
 
-def at_chance(trial: "FrozenTrial", n_classes: int | None) -> bool:
+def at_chance(trial: FrozenTrial, n_classes: int | None) -> bool:
     """True for a complete trial that did not beat chance level in every fold.
 
     Trials record it (``at_chance``) when they end; for one that did not, its folds' losses
@@ -57,17 +56,15 @@ def n_classes_of(study: Any) -> int | None:
     return study.user_attrs.get(DATA_ATTR, {}).get("n_classes")
 
 
-def ranked_trials(study: Any) -> list["FrozenTrial"]:
+def ranked_trials(study: Any) -> list[FrozenTrial]:
     """The complete trials that beat chance level, lowest CV loss first."""
-    from optuna.trial import TrialState  # Optuna: off the CLI's start (`search.recording`)
-
     classes = n_classes_of(study)
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if t.value is not None and math.isfinite(t.value) and not at_chance(t, classes)]
     return sorted(done, key=lambda t: (t.value, t.number))
 
 
-def selected_trial(study: Any) -> "FrozenTrial | None":
+def selected_trial(study: Any) -> FrozenTrial | None:
     """The trial the study selects, or None when no complete trial beat chance level."""
     ranked = ranked_trials(study)
     return ranked[0] if ranked else None
@@ -75,8 +72,6 @@ def selected_trial(study: Any) -> "FrozenTrial | None":
 
 def nothing_selected(study: Any) -> str:
     """One line saying why a study has no selected recipe yet."""
-    from optuna.trial import TrialState
-
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         return f"study {study.study_name!r} has no complete trial yet; run more trials first."

@@ -7,13 +7,26 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import random
 import re
 import sqlite3
 import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+
+import requests
+from filelock import FileLock
+from sqlalchemy import event
+from sqlalchemy.exc import (
+    ArgumentError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+    ProgrammingError,
+)
 
 from search.config import default_storage, default_tracking_uri
 from search.redact import hide_password, redact_url
@@ -46,13 +59,18 @@ SCHEMA_LOCK_SECONDS = 600
 EXIT_STORE_LOST = 75
 
 
-def store_lost_in(exc: BaseException) -> StoreLost | None:
+def store_lost_in(exc: BaseException, storage: str) -> StoreLost | None:
     """The `StoreLost` that ``exc`` is or was raised while handling, if any.
 
     Optuna's trial loop raises its own errors when a store failure stops it from recording a
-    trial (an ``AssertionError`` from ``_run_trial``); the failure is in their chain.
+    trial (an ``AssertionError`` from ``_run_trial``); the failure is in their chain. A failure
+    Optuna met outside a trial (opening the study, say) may come as the database driver's error:
+    it is told by `lost_cause` and named a loss of the Optuna ``storage``.
     """
-    return next((e for e in _chain(exc) if isinstance(e, StoreLost)), None)
+    lost = next((e for e in _chain(exc) if isinstance(e, StoreLost)), None)
+    if lost is None and (words := lost_cause(exc, storage, wait=SQLITE_WAIT_SECONDS)) is not None:
+        lost = StorageLost(f"the Optuna storage {redact_url(storage)}", words)
+    return lost
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -78,8 +96,6 @@ def schema_lock(url: str) -> contextlib.AbstractContextManager:
     """
     if not url.startswith("sqlite:///") or ":memory:" in url:
         return contextlib.nullcontext()
-    from filelock import FileLock
-
     db = Path(url.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(db.parent / f".{db.name}.lock", timeout=SCHEMA_LOCK_SECONDS)
@@ -229,8 +245,8 @@ def store_error(option: str, url: str, exc: BaseException) -> ValueError | None:
     Returns None when ``exc`` is not about the URL (then it is regsearch's own error). The URL
     is shown with its password hidden, and the password is cut from the driver's message too.
     """
+    # MLflow (about 3 s to import): off `search.export`, which opens only the Optuna storage
     from mlflow.exceptions import MlflowException
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
     shown = f"{option} {redact_url(url)}"
     scheme = url.split("://", 1)[0]
@@ -266,7 +282,7 @@ def _driver_line(exc: BaseException, url: str) -> str:
 
 def _refused_status(exc: BaseException) -> int | None:
     """401 or 403 when an MLflow server (or the proxy in front of it) turned the client away."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # as in `store_error`
 
     if not isinstance(exc, MlflowException):
         return None
@@ -327,9 +343,6 @@ def lost_cause(exc: BaseException, uri: str, *, files: bool = False,
     a moment's contention between workers either (that is waited for); the store cannot do its
     job. A constraint or a query the store refused is not the store's failure.
     """
-    import requests
-    from sqlalchemy.exc import OperationalError
-
     seen = _chain(exc)
     for error in seen:
         if isinstance(error, requests.exceptions.RetryError):
@@ -419,8 +432,6 @@ def raise_store_lost(engine, store: str, url: str) -> None:
     library using the engine (Optuna) issued the statement: the trial loop, a trial's
     ``report``, the heartbeat. Optuna rolls its session back and lets the error through.
     """
-    from sqlalchemy import event
-
     @event.listens_for(engine, "handle_error")
     def _lost(context) -> None:
         words = lost_cause(context.sqlalchemy_exception or context.original_exception, url,
@@ -436,9 +447,6 @@ def retry_schema_race(make, attempts: int = 6):
     fail with a duplicate-key error (PostgreSQL: ``pg_type_typname_nsp_index``). The schema
     exists once the winner commits, so a retry finds it.
     """
-    import random
-    import time
-
     for attempt in range(attempts):
         try:
             return make()
@@ -449,8 +457,6 @@ def retry_schema_race(make, attempts: int = 6):
 
 
 def _is_schema_race(exc: BaseException) -> bool:
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
-
     if isinstance(exc, (IntegrityError, ProgrammingError)):
         return True
     text = str(exc)

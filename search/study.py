@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import optuna
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import event
 
 from search.config import StudyConfig
 from search.names import (
+    CV_LOSS,
     ENQUEUED_ATTR,
     INTERRUPTED_ATTR,
     RETRY_OF_ATTR,
@@ -34,7 +38,7 @@ from spaces import default_params
 
 STALE_REASON = "worker stopped sending heartbeats"
 # what the objective is called in Optuna (its plots, optuna-dashboard) and in MLflow
-OBJECTIVE_NAME = "cv_val_loss"
+OBJECTIVE_NAME = CV_LOSS
 
 
 class StaleTrialCallback:
@@ -105,8 +109,6 @@ def open_storage(url: str, on_stale: Callable[[FrozenTrial], None] | None = None
 
 def _journal_file(path: str, store: str):
     """Optuna's journal file backend, raising `StorageLost` when the file system fails it."""
-    from optuna.storages.journal import JournalFileBackend
-
     def lost(exc: OSError) -> StorageLost | None:
         words = lost_cause(exc, path, files=True)
         return None if words is None else StorageLost(store, words)
@@ -138,8 +140,6 @@ def serialize_sqlite_transactions(engine) -> None:  # noqa: ANN001 (a sqlalchemy
     queued trial in 13 of 20 rounds; with ``BEGIN IMMEDIATE`` in none
     (tests/search/test_study.py). This is the SQLAlchemy documentation's recipe for pysqlite.
     """
-    from sqlalchemy import event
-
     @event.listens_for(engine, "connect")
     def _no_implicit_begin(dbapi_connection, _record) -> None:  # noqa: ANN001
         dbapi_connection.isolation_level = None  # the driver's own BEGIN handling off
@@ -344,8 +344,6 @@ def count_trials(study: optuna.Study) -> dict[str, int]:
 
 def quiet_optuna() -> None:
     """Keep Optuna's per-trial log lines and experimental warnings off the progress display."""
-    import logging
-
     # Failed trials are reported by our own display (with their reason), not as tracebacks.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     logging.getLogger("mlflow").setLevel(logging.WARNING)

@@ -10,9 +10,15 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import keras
+
 from search.config import StudyConfig
 from search.datasets import StudyData
 from search.recording import make_recipe
+from trainers.kfold import stratified_folds
+from trainers.models import build_model
+from trainers.recipe import Recipe
+from trainers.reuse import Rebuild, Reuse
 
 
 @dataclass(frozen=True)
@@ -39,8 +45,6 @@ def prepare_training(config: StudyConfig, data: StudyData) -> Training:
     Raises:
         ValueError, TypeError: a model option the builder refuses.
     """
-    from trainers.kfold import stratified_folds
-
     set_precision(config.precision)
     build = model_builder(config, data)
     try:
@@ -69,16 +73,12 @@ def _out_of_memory(exc: BaseException) -> bool:
 def set_precision(precision: str) -> None:
     """Set Keras' global dtype policy for ``--precision`` (before any model is built)."""
     if precision == "bfloat16":
-        import keras
-
         # bfloat16 compute, float32 weights; every model's softmax layer stays float32
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
 
 
 def model_builder(config: StudyConfig, data: StudyData) -> Callable[..., Any]:
     """Return ``build(recipe, **extra) -> keras.Model`` for the study's model and data."""
-    from trainers.models import build_model
-
     options = dict(config.spec.model)
     name = options.pop("name")
     options.setdefault("augment_preset", data.augment_preset)
@@ -91,9 +91,6 @@ def model_builder(config: StudyConfig, data: StudyData) -> Callable[..., Any]:
 def make_models(config: StudyConfig, build: Callable[..., Any]) -> Any:
     """The models a worker trains: one compiled model reused for every trial and fold, or
     (``--rebuild-per-trial``) a fresh build and compile each time."""
-    from trainers.recipe import Recipe
-    from trainers.reuse import Rebuild, Reuse
-
     if config.rebuild_per_trial:
         return Rebuild(build)
     # a reusable build: every penalty and dropout present, strengths held in variables

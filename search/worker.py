@@ -12,16 +12,17 @@ from typing import Any
 
 import keras
 import optuna
+from optuna.storages._heartbeat import is_heartbeat_enabled
 
 from search.config import StudyConfig
 from search.convergence import convergence
 from search.liveness import fail_orphaned_trials, this_process
 from search.names import (
+    AT_CHANCE_ATTR,
     BACKEND_ATTR,
     BACKEND_TAG,
-    CONVERGED_ATTR,
-    AT_CHANCE_ATTR,
     BEST_EPOCHS_ATTR,
+    CONVERGED_ATTR,
     FAIL_REASON_ATTR,
     FOLD_LOSSES_ATTR,
     INTERRUPTED_ATTR,
@@ -345,8 +346,6 @@ def _others_may_requeue(study: optuna.Study, tracker: Tracker) -> bool:
     with heartbeats, else only those of this host (a journal file has no heartbeat, and a
     process on another host that died would be waited for for ever).
     """
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
     fail_orphaned_trials(study, on_failed=functools.partial(close_trial_run, tracker))
     heartbeat = is_heartbeat_enabled(study._storage)
     if heartbeat:

@@ -20,6 +20,8 @@ TRAINING_KEYS = tuple(FLOAT_DOMAINS) + tuple(INT_DOMAINS) + ("max_epochs",)
 SEARCH_KEYS = ("n_folds", "n_trials", "sampler", "pruner", "seed", "enqueue_defaults", "tpe",
                "fold_mode")
 SAMPLERS = ("tpe", "random")
+# the folds a study may cross-validate on, in its file and with --folds: (low, high)
+N_FOLDS_RANGE = (2, 20)
 # Options of Optuna's TPESampler a study file may set under ``search.tpe`` (the rest of
 # TPESampler's arguments are regsearch's to choose: seed, the trial filter...).
 TPE_BOOL_OPTIONS = ("multivariate", "group", "constant_liar", "consider_endpoints")
@@ -52,7 +54,7 @@ class SearchSettings:
     def __post_init__(self) -> None:
         # Store what the checks return: YAML `n_folds: 3.0` passes check_int, and a float
         # left here would reach StratifiedKFold, which rejects it.
-        for name, low, high in (("n_folds", 2, 20), ("n_trials", 1, None), ("seed", 0, SEED_MAX)):
+        for name, low, high in (("n_folds", *N_FOLDS_RANGE), ("n_trials", 1, None), ("seed", 0, SEED_MAX)):
             value = check_int(name, getattr(self, name), low=low, high=high)
             object.__setattr__(self, name, value)
         check_choice("sampler", self.sampler, SAMPLERS)

@@ -1,6 +1,6 @@
 """Every recipe field declared once: its type, allowed range, and for a regularizer its "off"
-value and report label. The space checks, `trainers.Recipe`, the baselines and the report
-derive from this table."""
+value, report label and whether batched folds train it. The space checks, `trainers.Recipe`,
+the baselines, the report and the batched fold mode's check derive from this table."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ class Strength:
         off: for a regularizer, the value that switches it off (baselines start from it).
         label: for a regularizer, its column in the report (None: a training setting).
         searchable: False for a field a study fixes but never searches.
+        batched: False for a regularizer that batched folds (`trainers.batched`) do not train
+            yet: a study in that fold mode refuses it (`search.config.NOT_BATCHED`).
     """
 
     name: str
@@ -31,6 +33,7 @@ class Strength:
     off: float | None = None
     label: str | None = None
     searchable: bool = True
+    batched: bool = True
 
     @property
     def allowed(self) -> str:
@@ -65,14 +68,14 @@ STRENGTHS: tuple[Strength, ...] = (
     Strength("augment", float, 0.0, 1.0, off=0.0, label="augment"),
     # decoupled (AdamW) decay per step is learning_rate * weight_decay, as in Keras and
     # PyTorch; AdamW recipes use 0.01-0.3, and 1 is far beyond them
-    Strength("weight_decay", float, 0.0, 1.0, off=0.0, label="weight_decay"),
+    Strength("weight_decay", float, 0.0, 1.0, off=0.0, label="weight_decay", batched=False),
     # at 1 every target is uniform and nothing is learned
     Strength("label_smoothing", float, 0.0, 1.0, high_open=True, off=0.0,
-             label="label_smoothing"),
+             label="label_smoothing", batched=False),
     # the alpha of Beta(alpha, alpha) that draws each batch's mixing weight; the papers use
     # 0.1-2, and at 10 the weight already stays within about 0.11 of 1/2
-    Strength("mixup", float, 0.0, 10.0, off=0.0, label="mixup"),
-    Strength("cutmix", float, 0.0, 10.0, off=0.0, label="cutmix"),
+    Strength("mixup", float, 0.0, 10.0, off=0.0, label="mixup", batched=False),
+    Strength("cutmix", float, 0.0, 10.0, off=0.0, label="cutmix", batched=False),
     Strength("patience", int, 1, label="patience"),
     Strength("learning_rate", float, 0.0, low_open=True),
     Strength("batch_size", int, 1),

@@ -20,6 +20,14 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 CACHE_ENV_VAR = "REGSEARCH_CACHE_DIR"
 
@@ -208,15 +216,6 @@ def _open_output(
 def _decode_all(
     files: Sequence[Path], spec: DecodeSpec, out: np.ndarray, *, progress: bool, description: str
 ) -> None:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     def decode_chunk(start: int, stop: int) -> int:
         for i in range(start, stop):
             out[i] = decode_image(files[i], spec)  # module lookup, so tests can patch it

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.datasets import load_digits as _sk_load_digits
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,6 @@ def load_digits() -> Dataset:
 
     Needs no download, so it is the study any fresh machine can run offline.
     """
-    from sklearn.datasets import load_digits as _sk_load_digits
-
     bunch = _sk_load_digits()
     x = bunch.images.astype(np.float32)[..., None]
     y = bunch.target.astype(np.int64)

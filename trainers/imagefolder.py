@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from sklearn.model_selection import train_test_split
 
 from trainers._imagecache import DecodeSpec, load_images
 from trainers.data import Dataset
@@ -183,8 +184,6 @@ def _images_under(folder: Path) -> list[Path]:
 def _stratified_split(
     y: np.ndarray, names: tuple[str, ...], fraction: float, seed: int, root: Path
 ) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.model_selection import train_test_split
-
     counts = np.bincount(y, minlength=len(names))
     if counts.min() < 2:
         small = [f"{names[c]} ({counts[c]})" for c in np.flatnonzero(counts < 2)]

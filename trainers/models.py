@@ -7,6 +7,7 @@ from typing import Any, Callable
 import keras
 
 from trainers.augment import RandomAugment
+from trainers.cnn import BUILDERS as cnn_builders
 from trainers.recipe import Recipe
 from trainers.regularization import Strengths, dropout, kernel_regularizer, mixing
 from trainers.whitening import Whiten
@@ -59,8 +60,6 @@ def build_mlp(
 
 def builders() -> dict[str, Builder]:
     """Return every model builder by name."""
-    from trainers.cnn import BUILDERS as cnn_builders
-
     return {"mlp": build_mlp, **cnn_builders}
 
 

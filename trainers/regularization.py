@@ -18,6 +18,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from trainers.augment import RandomAugment
+from trainers.loss import RecipeCrossEntropy
+from trainers.mix import MixBatch
 from trainers.recipe import Recipe
 
 # Keras 3 adds the L1/L2 penalty to `loss` *and* `val_loss`; judging recipes on that would
@@ -236,8 +239,6 @@ def mixing(recipe: Recipe, strengths: Strengths | None = None) -> keras.layers.L
     With ``strengths`` it always returns a `trainers.mix.MixBatch` reading
     ``strengths.mixup`` and ``strengths.cutmix`` (0 is off).
     """
-    from trainers.mix import MixBatch
-
     if strengths is not None:
         return MixBatch(strengths.mixup, strengths.cutmix, name="mix")
     if recipe.mixup == 0.0 and recipe.cutmix == 0.0:
@@ -254,9 +255,6 @@ def training_loss(model: keras.Model, recipe: Recipe) -> keras.losses.Loss | str
     compiled model) or, in a plain model, from the recipe, and the label weight of the model's
     `MixBatch` layer.
     """
-    from trainers.loss import RecipeCrossEntropy
-    from trainers.mix import MixBatch
-
     layers = list(_layers(model))
     holders = [layer for layer in layers if isinstance(layer, Strengths)]
     mixes = [layer for layer in layers if isinstance(layer, MixBatch)]
@@ -290,8 +288,6 @@ def reseed_dropout(model: keras.Model, seed: int) -> int:
     rate 0) drop the same units and mix the same pairs. Returns the number of layers
     reseeded.
     """
-    from trainers.mix import MixBatch
-
     layers = list(_layers(model))
     count = 0
     for kind, salt in ((VariableDropout, 12_345), (MixBatch, 54_321)):
@@ -314,9 +310,6 @@ def assign_strengths(model: keras.Model, recipe: Recipe) -> None:
         ValueError: if the recipe asks for a regularizer the model has no variable for
             (build the model with ``reusable=True``).
     """
-    from trainers.augment import RandomAugment
-    from trainers.mix import MixBatch
-
     layers = list(_layers(model))
     holders = [layer for layer in layers if isinstance(layer, Strengths)]
     dropouts = [layer for layer in layers if isinstance(layer, VariableDropout)]

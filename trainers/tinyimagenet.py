@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from trainers._imagecache import DecodeSpec, default_cache_dir, load_images
 from trainers.data import Dataset
@@ -262,8 +263,6 @@ def _fetch(root: Path, *, download: bool, progress: bool) -> None:
 
 
 def _download_and_extract(url: str, md5: str, target: Path, *, progress: bool) -> None:
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
     target.parent.mkdir(parents=True, exist_ok=True)
     # Everything happens in a temporary folder beside target, renamed into place at the end,
     # so an interrupted download never looks like a dataset.

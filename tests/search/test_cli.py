@@ -316,7 +316,7 @@ def test_every_study_setting_is_an_option_of_the_same_name_and_reaches_the_confi
         seen.append(real(*args, **kwargs))
         raise LookupError("stop here: the config is what this test reads")
 
-    monkeypatch.setattr(search.config, "build_config", capture)  # main imports it when run
+    monkeypatch.setattr(run, "build_config", capture)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere/mlflow.db")
     code = run.main(["--study", "digits", "--trials", "7", "--no-report", "--report-top", "2",
                      "--stop-within-noise", "--seed", "5", "--precision", "bfloat16"])

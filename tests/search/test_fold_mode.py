@@ -15,6 +15,7 @@ from search.config import build_config
 from search.names import FOLD_LOSSES_ATTR
 from search.study import make_pruner
 from search.worker import InFoldOrder, pruner_reports
+from spaces.strengths import STRENGTHS
 from trainers.fit import EpochMetrics
 
 EPOCHS = 4
@@ -166,6 +167,19 @@ def test_batched_folds_refuse_what_their_copies_do_not_train(extra, named) -> No
         build_config("digits", fold_mode="batched", overrides=extra)
     # the same study trains them fold after fold
     assert build_config("digits", fold_mode="sequential", overrides=extra).fold_mode == "sequential"
+
+
+@pytest.mark.parametrize("strength", [s for s in STRENGTHS if not s.batched],
+                         ids=lambda s: s.name)
+def test_batched_folds_refuse_each_strength_declared_not_batched(strength) -> None:
+    searched = f"space.{strength.name}={{low: 0.01, high: 0.5, allow_off: true}}"
+    with pytest.raises(ValueError, match=f"does not train {strength.name} yet"):
+        build_config("digits", fold_mode="batched", overrides=[searched])
+    # a fixed value in the study's training settings is refused too; 0 (off) is not
+    with pytest.raises(ValueError, match=f"does not train {strength.name} yet"):
+        build_config("digits", fold_mode="batched", overrides=[f"training.{strength.name}=0.1"])
+    assert build_config("digits", fold_mode="batched",
+                        overrides=[f"training.{strength.name}=0.0"]).fold_mode == "batched"
 
 
 def test_batched_folds_refuse_the_modern_baselines_before_any_store_is_opened(tmp_path) -> None:
