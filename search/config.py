@@ -115,6 +115,11 @@ class StudyConfig:
         check_choice("--precision", self.precision, PRECISIONS)
         check_choice("--fold-mode", self.fold_mode, FOLD_MODES)
         check_choice("--batched-pruning", self.batched_pruning, BATCHED_PRUNING)
+        if self.batched_pruning == "epoch" and self.fold_mode != "batched":
+            raise ValueError(
+                "--batched-pruning epoch judges batched folds, but this study trains its folds "
+                f"one after the other (fold mode {self.fold_mode!r}); add --fold-mode batched, "
+                "or leave --batched-pruning out.")
         if self.fold_mode == "batched":
             self._check_batched()
         if self.baselines is not None:

@@ -108,11 +108,17 @@ def test_the_pruner_judges_batched_folds_by_epoch_from_half_the_epochs_on() -> N
     assert isinstance(pruner, MedianPruner)
     assert (pruner._n_warmup_steps, pruner._interval_steps) == (15, 1)
     # sequential folds and the fold-end view: the end of every fold
-    for other in (config.replace(fold_mode="sequential"), config.replace(batched_pruning="fold-end")):
+    for other in (config.replace(fold_mode="sequential", batched_pruning="fold-end"),
+                  config.replace(batched_pruning="fold-end")):
         pruner = make_pruner(other)
         assert (pruner._n_warmup_steps, pruner._interval_steps) == (29, 30)
     with pytest.raises(ValueError, match="--batched-pruning"):
         build_config("digits", batched_pruning="always")
+    # with sequential folds it would do nothing: said, not ignored
+    with pytest.raises(ValueError, match="^--batched-pruning epoch judges batched folds, but this "
+                       "study trains its folds one after the other .fold mode 'sequential'.; "
+                       "add --fold-mode batched, or leave --batched-pruning out.$"):
+        build_config("digits", batched_pruning="epoch")
 
 
 def test_a_later_fold_that_ends_first_waits_for_the_folds_before_it() -> None:
