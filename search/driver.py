@@ -180,6 +180,22 @@ def _header(config: StudyConfig, session: _Session, console: Console, n_workers:
                       f"MLflow runs are closed now", highlight=False, soft_wrap=True)
 
 
+class _Stop:
+    """Whether a stop (Ctrl-C, SIGTERM, the launcher gone) ended a step of the run: the step
+    it ends is left, and the run goes on to record what the study holds."""
+
+    asked = False
+
+    @contextlib.contextmanager
+    def ends_step(self):
+        try:
+            yield
+        except BaseException as exc:
+            if as_stop(exc) is None:  # a stop that a library turned into its own error too
+                raise
+            self.asked = True
+
+
 def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: str | None = None,
               progress: bool = True, plan: Any = None, worker_argv: list[str] | None = None,
               ) -> StudyOutcome:
@@ -206,7 +222,7 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
     _header(config, session, console, n_workers)
     if spent := budget_spent(config.n_trials, count_trials(study)):
         console.print(spent, highlight=False)
-    interrupted = False
+    stop = _Stop()
     baselines: dict[str, dict[str, Any]] = {}
     bars = StudyProgress(config.name, config.n_trials, count_trials(study), _best_value(study),
                          console=console, n_folds=config.n_folds, max_epochs=config.max_epochs,
@@ -215,7 +231,7 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
     try:
         with bars:
             if config.baselines:
-                try:
+                with stop.ends_step():
                     baselines = run_baselines(
                         study, config, baseline_recipes(config, config.baselines),
                         data=session.data.train, folds=session.training.folds,
@@ -223,38 +239,26 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
                         console=console, class_weight=session.training.class_weight,
                         progress=bars,
                     )
-                except BaseException as exc:
-                    if as_stop(exc) is None:  # a stop a library turned into its own error too
-                        raise
-                    interrupted = True
-            if interrupted:
+            if stop.asked:
                 pass
             elif n_workers > 1:
-                interrupted = _run_workers(study, tracker, plan, worker_argv or [], bars, console)
+                stop.asked = _run_workers(study, tracker, plan, worker_argv or [], bars, console)
             else:
                 objective = Objective(config, session.data.train, session.training.folds,
                                       session.training.models, tracker, parent, progress=bars,
                                       class_weight=session.training.class_weight)
-                try:
+                with stop.ends_step():
                     run_trials(study, objective, n_trials=config.n_trials, timeout=config.timeout)
-                except BaseException as exc:
-                    if as_stop(exc) is None:  # a stop a library turned into its own error too
-                        raise
-                    interrupted = True
             counts = count_trials(study)
             if config.stop_within_noise and CONVERGED_ATTR in study.user_attrs:
                 console.print(stopped_line(study.user_attrs[CONVERGED_ATTR], counts,
                                            config.n_trials), highlight=False, soft_wrap=True)
             print_best(study, config, console)
-            if not interrupted and config.report and session.data.heldout is not None:
-                try:
+            if not stop.asked and config.report and session.data.heldout is not None:
+                with stop.ends_step():
                     _report(study, config, session.data, session.training, tracker, parent,
                             baselines, console, bars)
-                except BaseException as exc:
-                    if as_stop(exc) is None:  # a stop a library turned into its own error too
-                        raise
-                    interrupted = True
-        finish_parent(study, config, tracker, parent, interrupted=interrupted)
+        finish_parent(study, config, tracker, parent, interrupted=stop.asked)
     except StorageLost:
         # MLflow still answers: close the study's run now. The next run reopens it; were the
         # Optuna store never resumed (a damaged file moved aside), it would stay RUNNING.
@@ -264,10 +268,10 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
     share_trials_view(tracker, parent, config)
     console.print("\n".join(study_next_steps(study, config, tracker, parent)), highlight=False,
                   soft_wrap=True)
-    if interrupted:
+    if stop.asked:
         console.print("interrupted: the current trial is marked failed; rerun the same command "
                       "to resume.")
-    return StudyOutcome(study, parent, counts, interrupted)
+    return StudyOutcome(study, parent, counts, stop.asked)
 
 
 def run_worker(config: StudyConfig, *, worker_index: int, data_dir: str | None = None) -> int:

@@ -416,9 +416,9 @@ def _file_state(path: Path | None) -> str:
         return ""
     folder = path.absolute().parent
     if not folder.is_dir():
-        return f"; its folder {folder} {GONE[1].rstrip(')')}"
+        return f"; its folder {folder} {GONE[1]}"
     if not path.exists():
-        return f"; {path.absolute()} {GONE[0].rstrip(')')}"
+        return f"; {path.absolute()} {GONE[0]}"
     if os.statvfs(folder).f_flag & os.ST_RDONLY:
         return f"; {folder} is on a read-only file system"
     return ""

@@ -23,7 +23,7 @@ ANSWERING = "stopped answering"
 LOCKED = "was locked by another process"
 DAMAGED = "is damaged"
 # and what they end with for a store file that is no longer there
-GONE = ("was deleted or moved away)", "is gone)")
+GONE = ("was deleted or moved away", "is gone")
 
 
 class StoreLost(Exception):
@@ -53,7 +53,7 @@ class StoreLost(Exception):
             return ("a damaged database cannot be resumed: restore the file from a backup and "
                     "run the same command again, or move it aside to start that store anew "
                     "(what it held is lost)")
-        if self.words.endswith(GONE):
+        if self.words.rstrip(")").endswith(GONE):
             return ("put the file back (or restore it from a backup) and run the same command "
                     "again: the running trial does not count against the budget and its recipe "
                     "is trained again; run without it, that store starts anew (what it held is "

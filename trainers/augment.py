@@ -198,12 +198,7 @@ class RandomAugment(keras.layers.Layer):
     def call(self, inputs, training=None):
         if training is not True:
             return inputs
-        images = ops.cast(inputs, self.compute_dtype)
-        if None in images.shape[1:]:
-            raise ValueError(
-                "RandomAugment: height, width and channels must be known when the model is "
-                f"built; got input shape {images.shape}. Give keras.Input a full image shape."
-            )
+        images = known_shape(ops.cast(inputs, self.compute_dtype), "RandomAugment")
         augmented = self._augment(images)
         # Guarantees exact identity at magnitude 0 on every backend, whatever resampling and
         # clipping do to the last bit; costs one elementwise select.
@@ -283,6 +278,17 @@ class RandomAugment(keras.layers.Layer):
             }
         )
         return config
+
+
+def known_shape(images, layer: str):
+    """``images``, once its height, width and channels are known (a layer that draws per-pixel
+    or per-box randomness needs them when the model is built)."""
+    if None in images.shape[1:]:
+        raise ValueError(
+            f"{layer}: height, width and channels must be known when the model is built; got "
+            f"input shape {images.shape}. Give keras.Input a full image shape."
+        )
+    return images
 
 
 def _reflect(coordinate, size: int):

@@ -25,6 +25,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from trainers.augment import known_shape
+
 # Candidates per gamma draw: Marsaglia and Tsang's method accepts more than 95% of them for a
 # shape >= 1, so all 16 are rejected with probability below 1e-20.
 _CANDIDATES = 16
@@ -117,12 +119,7 @@ class MixBatch(keras.layers.Layer):
         if training is not True:
             self.label_weight.assign(ops.ones((), "float32"))
             return inputs
-        images = ops.cast(inputs, self.compute_dtype)
-        if None in images.shape[1:]:
-            raise ValueError(
-                "MixBatch: height, width and channels must be known when the model is built; "
-                f"got input shape {images.shape}."
-            )
+        images = known_shape(ops.cast(inputs, self.compute_dtype), "MixBatch")
         mixup = ops.cast(self.mixup, "float32")
         cutmix = ops.cast(self.cutmix, "float32")
         # alpha 1 stands in for an alpha that is off, so the unused draw stays finite
