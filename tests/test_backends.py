@@ -34,7 +34,19 @@ KERAS_TESTS = tuple(f"tests/trainers/test_{name}.py"
 BACKEND_SUBSET = {
     "tests/trainers/test_cnn.py": "builder_fits_one_step or sees_pixels or conv_dropout",
     "tests/trainers/test_batched.py": "one_fold_batched_equals_sequential or learns_nothing or "
-                                      "frozen_copy or compile_once or share_no_variable",
+                                      "frozen_copy or compile_once or share_no_variable or "
+                                      "(would_alone and reuse) or never_retrace",
+    # JAX's whole test_reuse took 453 s (CI's longest item): every new strength three times
+    # against a fresh model; one of them (the loss's, label smoothing) stands for the tracing
+    "tests/trainers/test_reuse.py": "recipes_in_sequence or starts_every_seed or compiles_once or "
+                                    "label_smoothing or reads_the_assigned_strengths or "
+                                    "matches_rebuild",
+    "tests/trainers/test_augment.py": "matches_scipy or magnitude_zero_is_identity_in_training or "
+                                      "magnitude_assign_needs_no_recompile or bfloat16 or "
+                                      "shear_is_the_identity",
+    "tests/trainers/test_fit.py": "same_seed_same_losses or raises_diverged or l2_penalty or "
+                                  "per_image_losses or early_stopping_watches or "
+                                  "stops_the_whole_trial",
 }
 
 

@@ -25,6 +25,16 @@ copy that stops is frozen (the optimizer leaves its weights exactly as they are,
 recompiling) and its best epoch's metrics are kept, which is all a trial reports. Its batch-norm
 statistics, if it has any, still move with the batches it no longer learns from, and its Adam
 moments still update; neither changes anything it reports.
+
+Several recipes in one step (`cross_validate_recipes`): B recipes x k folds become B x k copies
+in one ``fit``, copy ``b * k + j`` training recipe b on fold j with recipe b's strengths and
+patience. Every recipe's copies see the same stream, in the same order, with the same seeds as
+when it trains alone, and the total loss is a sum whose gradient for a copy is that of its own
+loss: recipe b's results are those of `cross_validate_batched` on recipe b alone, to float
+rounding. What the recipes share is what one compiled step must: the batch size, the learning
+rate and the epochs. A recipe the pruner stops, or whose loss diverges, has its copies frozen
+while the others go on (they still pass through the step: their arithmetic is not saved
+until the step ends).
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ from trainers.fit import (
     OnBatch,
     OnEpoch,
     StuckAtChance,
+    TrainingFailed,
     _at_chance,
     _batch_hooks,
     _FirstStep,
@@ -71,8 +82,11 @@ from trainers.reuse import (
 
 __all__ = [
     "FoldCopies", "RebuiltCopies", "ReusedCopies", "batch_size_for", "copies_for",
-    "cross_validate_batched",
+    "cross_validate_batched", "cross_validate_recipes", "shared_settings",
 ]
+
+# what the recipes trained in one step must share: one compiled step, one stream
+SHARED = ("batch_size", "learning_rate", "max_epochs")
 
 # per-copy curves kept in each FoldResult's history (no "loss": the penalised loss of one copy
 # is not tracked, only the total over copies)
@@ -97,7 +111,7 @@ def cross_validate_batched(
     Arguments and result as `trainers.fit.cross_validate`; the module docstring says how the
     batches differ. ``models`` decides whether the k copies are built and compiled for every
     trial (`Rebuild`, or a plain ``build(recipe)``) or compiled once per worker and reset
-    (`Reuse`: the compiled copies are kept with it, one set per number of folds). After every
+    (`Reuse`: the compiled copies are kept with it, one set per number of copies). After every
     epoch ``on_epoch`` is called for each copy still training, in fold order, with the same
     ``step = fold * max_epochs + epoch`` as sequential folds; a copy that early stopping ends
     before the last epoch is reported once more at its fold's last step (``filled``), as
@@ -112,59 +126,122 @@ def cross_validate_batched(
         StuckAtChance: a fold's best validation loss stayed at chance level (the first such
             fold is named).
     """
-    folds = list(folds)
+    outcome, = cross_validate_recipes(
+        data, folds, [recipe], models, seed=seed, on_epoch=[on_epoch], on_batch=on_batch,
+        class_weight=class_weight, fail_at_chance=fail_at_chance)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    for result in outcome.folds:
+        if on_fold is not None:
+            on_fold(result)
+    return outcome
+
+
+def cross_validate_recipes(
+    data: Dataset,
+    folds: Sequence[Fold],
+    recipes: Sequence[Recipe],
+    models: Models | Callable[[Recipe], keras.Model],
+    *,
+    seed: int = 0,
+    on_epoch: Sequence[OnEpoch | None] | None = None,
+    on_batch: OnBatch | None = None,
+    class_weight: ClassWeight = None,
+    fail_at_chance: bool = True,
+) -> list[CVResult | TrainingFailed]:
+    """Train every recipe on every fold in one ``fit``: ``len(recipes) * len(folds)`` copies.
+
+    Recipe b's outcome is what `cross_validate_batched` gives for it alone (module docstring),
+    returned rather than raised where it is a failure (`Diverged`, `StuckAtChance`) so that
+    the others' results are kept. ``on_epoch[b]`` is recipe b's hook, called as
+    `cross_validate_batched` calls it, recipe after recipe each epoch; returning True stops
+    recipe b alone (its result ``stopped``). Each fold's ``fit_seconds`` is an equal share of
+    the one ``fit`` among every recipe's folds. The recipes must agree on `SHARED`.
+
+    Raises:
+        ValueError: no folds, no recipes, or recipes that differ in a `SHARED` setting.
+    """
+    folds, recipes = list(folds), list(recipes)
     if not folds:
         raise ValueError("cross_validate_batched: 'folds' is empty; expected at least one Fold.")
+    if not recipes:
+        raise ValueError("cross_validate_recipes: 'recipes' is empty; expected at least one.")
+    shared = shared_settings(recipes)
+    on_epoch = list(on_epoch) if on_epoch is not None else [None] * len(recipes)
+    if len(on_epoch) != len(recipes):
+        raise ValueError(f"cross_validate_recipes: {len(on_epoch)} on_epoch hooks for "
+                         f"{len(recipes)} recipes; expected one per recipe.")
     chance = math.log(data.n_classes)
     first_step = _FirstStep()
-    model = copies_for(models, len(folds)).prepare(recipe, [seed + f.index for f in folds])
-    stream = _Stream(data, folds, recipe.batch_size, class_weight)
-    tracker = _PerCopy(model, folds, recipe, on_epoch)
+    k = len(folds)
+    model = copies_for(models, k, len(recipes)).prepare(
+        [r for r in recipes for _ in folds], [seed + f.index for _ in recipes for f in folds])
+    stream = _Stream(data, folds, shared.batch_size, class_weight)
+    tracker = _PerCopy(model, folds, recipes, on_epoch)
     start = time.perf_counter()
     history = model.fit(
         stream.x, stream.y, sample_weight=stream.weights,
         validation_data=(stream.val_x, stream.val_y, stream.val_weights),
         batch_size=stream.batch_size,
-        epochs=recipe.max_epochs,
+        epochs=shared.max_epochs,
         callbacks=[SeedAtTrainBegin(seed + folds[0].index), tracker, first_step,
                    *_batch_hooks(0, on_batch)],
         verbose=0,
     ).history
     seconds = time.perf_counter() - start
-    if tracker.diverged is not None:
-        fold, epoch = tracker.diverged
-        raise Diverged(f"fold {fold}, epoch {epoch}: loss is not finite")
-    results = []
-    for j, fold in enumerate(folds):
-        n_epochs = tracker.n_epochs[j]
-        curves = {key: [float(v) for v in history[_copy_key(key, j)][:n_epochs]]
-                  for key in _CURVES}
-        val_losses = curves[f"val_{CROSS_ENTROPY}"]
-        best = int(np.argmin(val_losses))
-        results.append(FoldResult(
-            fold=fold.index,
-            best_epoch=best,
-            val_loss=val_losses[best],
-            val_accuracy=curves["val_accuracy"][best],
-            train_loss=curves[CROSS_ENTROPY][best],
-            n_epochs=n_epochs,
-            fit_seconds=seconds / len(folds),
-            history=curves,
-            first_step_seconds=first_step.at - first_step.started,
-        ))
-    for result in results:
-        if on_fold is not None:
-            on_fold(result)
-    if tracker.stopped:
-        return CVResult(tuple(results), stopped=True)
-    if fail_at_chance:
+    outcomes: list[CVResult | TrainingFailed] = []
+    for b in range(len(recipes)):
+        if tracker.diverged[b] is not None:
+            fold, epoch = tracker.diverged[b]
+            outcomes.append(Diverged(f"fold {fold}, epoch {epoch}: loss is not finite"))
+            continue
+        results = []
+        for j, fold in enumerate(folds):
+            c = b * k + j
+            n_epochs = tracker.n_epochs[c]
+            curves = {key: [float(v) for v in history[_copy_key(key, c)][:n_epochs]]
+                      for key in _CURVES}
+            val_losses = curves[f"val_{CROSS_ENTROPY}"]
+            best = int(np.argmin(val_losses))
+            results.append(FoldResult(
+                fold=fold.index,
+                best_epoch=best,
+                val_loss=val_losses[best],
+                val_accuracy=curves["val_accuracy"][best],
+                train_loss=curves[CROSS_ENTROPY][best],
+                n_epochs=n_epochs,
+                fit_seconds=seconds / (k * len(recipes)),
+                history=curves,
+                first_step_seconds=first_step.at - first_step.started,
+            ))
+        outcomes.append(CVResult(tuple(results), stopped=tracker.stopped[b]))
+        if tracker.stopped[b] or not fail_at_chance:
+            continue
         for result in results:
             if _at_chance(result.history[f"val_{CROSS_ENTROPY}"], chance):
-                raise StuckAtChance(
+                outcomes[-1] = StuckAtChance(
                     f"fold {result.fold}: best val_loss {result.val_loss:.4f} never left "
                     f"chance level ln({data.n_classes}) = {chance:.4f}"
                 )
-    return CVResult(tuple(results))
+                break
+    return outcomes
+
+
+def shared_settings(recipes: Sequence[Recipe]) -> Recipe:
+    """The first recipe, once every other agrees with it on `SHARED` (what recipes trained
+    in one step share).
+
+    Raises:
+        ValueError: naming the first setting that differs.
+    """
+    first = recipes[0]
+    for other in recipes[1:]:
+        for name in SHARED:
+            if getattr(other, name) != getattr(first, name):
+                raise ValueError(
+                    f"recipes trained in one step share {', '.join(SHARED)}; these differ in "
+                    f"{name} ({getattr(first, name)!r} and {getattr(other, name)!r}).")
+    return first
 
 
 def fold_trainer(fold_mode: str) -> Callable[..., CVResult]:
@@ -227,15 +304,24 @@ class FoldCopies(keras.Model):
     samples (class weights do not enter them, as they do not enter a compiled model's
     ``metrics``).
 
+    With several recipes (``n_folds`` < the number of copies), copy c trains on fold
+    ``c % n_folds``: the stream's columns are per fold, shared by every recipe's copy of it.
+
     Args:
         copies: built models with one input and a softmax output, no variables shared.
+        n_folds: the folds the stream's weights describe (default: one per copy).
         **kwargs: passed to `keras.Model` (name, ...).
     """
 
-    def __init__(self, copies: Sequence[keras.Model], **kwargs) -> None:
+    def __init__(self, copies: Sequence[keras.Model], n_folds: int | None = None,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.copies = list(copies)
         self.n_copies = len(self.copies)
+        self.n_folds = n_folds or self.n_copies
+        if self.n_copies % self.n_folds:
+            raise ValueError(f"FoldCopies: {self.n_copies} copies are not a whole number of "
+                             f"sets of {self.n_folds} folds.")
         self.cross_entropies = [
             keras.metrics.SparseCategoricalCrossentropy(name=_copy_key(CROSS_ENTROPY, j))
             for j in range(self.n_copies)
@@ -248,9 +334,10 @@ class FoldCopies(keras.Model):
         return [copy(inputs, training=training) for copy in self.copies]
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        k = self.n_copies
+        k = self.n_folds
         losses = []
-        for j, probabilities in enumerate(y_pred):
+        for c, probabilities in enumerate(y_pred):
+            j = c % k  # the copy's fold
             # Keras' own function: on TensorFlow it reads the logits cached on the softmax, as
             # the compiled loss of a single model does
             cross_entropy = keras.losses.sparse_categorical_crossentropy(y, probabilities)
@@ -263,10 +350,10 @@ class FoldCopies(keras.Model):
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         # each of the copy's samples counts once, unweighted, as in the compiled `metrics=` of
         # a single model (Keras gives sample weights to `weighted_metrics` only)
-        for j, probabilities in enumerate(y_pred):
-            weight = sample_weight[:, j]
-            self.cross_entropies[j].update_state(y, probabilities, sample_weight=weight)
-            self.accuracies[j].update_state(y, probabilities, sample_weight=weight)
+        for c, probabilities in enumerate(y_pred):
+            weight = sample_weight[:, c % self.n_folds]
+            self.cross_entropies[c].update_state(y, probabilities, sample_weight=weight)
+            self.accuracies[c].update_state(y, probabilities, sample_weight=weight)
         return self.get_metrics_result()
 
     def freeze(self, copy: int) -> None:
@@ -330,24 +417,29 @@ class RebuiltCopies:
 
     Args:
         build: ``build(recipe)`` returning an uncompiled model.
-        n_copies: one per fold.
+        n_copies: one per fold (times the recipes trained together).
         jit_compile: passed to ``compile``.
+        n_folds: the folds (default: ``n_copies``); copy c trains on fold ``c % n_folds``.
     """
 
     def __init__(self, build: Callable[[Recipe], keras.Model], n_copies: int, *,
-                 jit_compile: JitCompile = "auto") -> None:
+                 jit_compile: JitCompile = "auto", n_folds: int | None = None) -> None:
         self.build, self.n_copies, self.jit_compile = build, int(n_copies), jit_compile
+        self.n_folds = int(n_folds or n_copies)
 
-    def prepare(self, recipe: Recipe, seeds: Sequence[int]) -> FoldCopies:
-        """Copy j built seeded with ``seeds[j]``, as `Rebuild` builds fold j's model."""
+    def prepare(self, recipe: Recipe | Sequence[Recipe], seeds: Sequence[int]) -> FoldCopies:
+        """Copy j built with its recipe (``recipe``, or ``recipe[j]``: one per copy) seeded
+        with ``seeds[j]``, as `Rebuild` builds fold j's model."""
         _check_seeds(seeds, self.n_copies)
+        recipes = _per_copy(recipe, self.n_copies)
         copies = []
-        for j, seed in enumerate(seeds):
+        for j, (seed, own) in enumerate(zip(seeds, recipes)):
             keras.utils.set_random_seed(seed)
-            copy = _build_copy(j, lambda: self.build(recipe))
+            copy = _build_copy(j, lambda: self.build(own))
             reseed_dropout(copy, seed)
             copies.append(copy)
-        model = _compile(FoldCopies(copies, name="fold_copies"), recipe, self.jit_compile)
+        model = _compile(FoldCopies(copies, self.n_folds, name="fold_copies"),
+                         shared_settings(recipes), self.jit_compile)
         keras.utils.set_random_seed(seeds[0])
         return model
 
@@ -355,16 +447,18 @@ class RebuiltCopies:
 class ReusedCopies:
     """Compile k copies once and reset them for every trial, as `Reuse` does for one model.
 
-    ``prepare(recipe, seeds)`` gives copy j the state a fresh ``build()`` seeded with
+    ``prepare(recipe, seeds)`` (``recipe``: one for every copy, or one per copy) gives copy j
+    the state a fresh ``build()`` seeded with
     ``seeds[j]`` has (kept per seed), resets the optimizer (moments, step count, every copy
     learning) and assigns the recipe's strengths, learning rate and dropout streams. The
     compiled step is traced once as long as the batch shapes repeat.
 
     Args:
         build: returns an uncompiled model whose strengths are variables (``reusable=True``).
-        n_copies: one per fold.
+        n_copies: one per fold (times the recipes trained together).
         jit_compile: passed to ``compile``.
         cache_size: how many seeds' initial states to keep.
+        n_folds: the folds (default: ``n_copies``); copy c trains on fold ``c % n_folds``.
 
     Raises:
         ValueError: (from ``prepare``) a model with fixed kernel penalties, or one whose
@@ -372,28 +466,32 @@ class ReusedCopies:
     """
 
     def __init__(self, build: Callable[[], keras.Model], n_copies: int, *,
-                 jit_compile: JitCompile = "auto", cache_size: int = 8) -> None:
+                 jit_compile: JitCompile = "auto", cache_size: int = 8,
+                 n_folds: int | None = None) -> None:
         self.build, self.n_copies, self.jit_compile = build, int(n_copies), jit_compile
+        self.n_folds = int(n_folds or n_copies)
         self.cache_size = max(int(cache_size), int(n_copies))
         self.model: FoldCopies | None = None
         self._initial = InitialStates(build, self.cache_size, "ReusedCopies")
         self._optimizer_initial: list[np.ndarray] = []
 
-    def prepare(self, recipe: Recipe, seeds: Sequence[int]) -> FoldCopies:
-        """Return the compiled copies, copy j reset for ``seeds[j]``, with the recipe's
+    def prepare(self, recipe: Recipe | Sequence[Recipe], seeds: Sequence[int]) -> FoldCopies:
+        """Return the compiled copies, copy j reset for ``seeds[j]``, with its recipe's
         strengths."""
         _check_seeds(seeds, self.n_copies)
+        recipes = _per_copy(recipe, self.n_copies)
+        shared = shared_settings(recipes)
         if self.model is None:
-            self.model = self._compile(recipe, seeds)
+            self.model = self._compile(shared, seeds)
         else:
             for copy, seed in zip(self.model.copies, seeds):
                 _assign(copy.variables, self._initial.get(seed, copy.variables))
             _assign(self.model.optimizer.variables, self._optimizer_initial)
         model = self.model
-        for copy, seed in zip(model.copies, seeds):
-            assign_strengths(copy, recipe)
+        for copy, seed, own in zip(model.copies, seeds, recipes):
+            assign_strengths(copy, own)
             reseed_dropout(copy, seed)
-        model.optimizer.learning_rate = np.asarray(recipe.learning_rate, dtype="float32")
+        model.optimizer.learning_rate = np.asarray(shared.learning_rate, dtype="float32")
         keras.utils.set_random_seed(seeds[0])
         return model
 
@@ -411,40 +509,46 @@ class ReusedCopies:
                 )
             self._initial.remember(seed, copy.variables)
             copies.append(copy)
-        model = _compile(FoldCopies(copies, name="fold_copies"), recipe, self.jit_compile)
+        model = _compile(FoldCopies(copies, self.n_folds, name="fold_copies"), recipe,
+                         self.jit_compile)
         self._optimizer_initial = [keras.ops.convert_to_numpy(v)
                                    for v in model.optimizer.variables]
         return model
 
 
-# The compiled copies of a worker's `Reuse`, per number of folds: kept as long as it is.
-_REUSED: weakref.WeakKeyDictionary[Reuse, dict[int, ReusedCopies]] = weakref.WeakKeyDictionary()
+# The compiled copies of a worker's `Reuse`, per (folds, recipes): kept as long as it is.
+_REUSED: weakref.WeakKeyDictionary[Reuse, dict[tuple[int, int], ReusedCopies]] = (
+    weakref.WeakKeyDictionary())
 
 
 def copies_for(models: Models | Callable[[Recipe], keras.Model],
-               n_copies: int) -> RebuiltCopies | ReusedCopies:
-    """The copies that ``models`` stands for: `ReusedCopies` for a `Reuse` (one per `Reuse`
-    and number of folds, so a worker compiles once), `RebuiltCopies` for a `Rebuild` or a
-    plain ``build(recipe)``, or ``models`` itself if it is already one of them.
+               n_folds: int, n_recipes: int = 1) -> RebuiltCopies | ReusedCopies:
+    """The copies that ``models`` stands for, ``n_folds * n_recipes`` of them: `ReusedCopies`
+    for a `Reuse` (one per `Reuse`, number of folds and of recipes, so a worker compiles once
+    for each), `RebuiltCopies` for a `Rebuild` or a plain ``build(recipe)``, or ``models``
+    itself if it is already one of them.
 
     Raises:
         TypeError: for anything else.
     """
+    n_copies = n_folds * n_recipes
     if isinstance(models, (RebuiltCopies, ReusedCopies)):
-        if models.n_copies != n_copies:
+        if models.n_copies != n_copies or models.n_folds != n_folds:
             raise ValueError(f"copies_for: {type(models).__name__} holds {models.n_copies} "
-                             f"copies; the folds need {n_copies}.")
+                             f"copies of {models.n_folds} folds; {n_recipes} recipe(s) on "
+                             f"{n_folds} folds need {n_copies}.")
         return models
     models = as_models(models)
     if isinstance(models, Reuse):
         per_size = _REUSED.setdefault(models, {})
-        if n_copies not in per_size:
-            per_size[n_copies] = ReusedCopies(models.build, n_copies,
-                                              jit_compile=models.jit_compile,
-                                              cache_size=models.cache_size)
-        return per_size[n_copies]
+        if (n_folds, n_recipes) not in per_size:
+            per_size[n_folds, n_recipes] = ReusedCopies(
+                models.build, n_copies, jit_compile=models.jit_compile,
+                cache_size=models.cache_size, n_folds=n_folds)
+        return per_size[n_folds, n_recipes]
     if isinstance(models, Rebuild):
-        return RebuiltCopies(models.build, n_copies, jit_compile=models.jit_compile)
+        return RebuiltCopies(models.build, n_copies, jit_compile=models.jit_compile,
+                             n_folds=n_folds)
     raise TypeError(
         f"cross_validate_batched: cannot make fold copies from {type(models).__name__}; "
         "expected Reuse, Rebuild or a callable build(recipe) -> keras.Model."
@@ -464,6 +568,15 @@ def _check_seeds(seeds: Sequence[int], n_copies: int) -> None:
         raise ValueError(f"expected one seed per copy ({n_copies}); got {len(seeds)}.")
 
 
+def _per_copy(recipe: Recipe | Sequence[Recipe], n_copies: int) -> list[Recipe]:
+    if isinstance(recipe, Recipe):
+        return [recipe] * n_copies
+    recipes = list(recipe)
+    if len(recipes) != n_copies:
+        raise ValueError(f"expected one recipe per copy ({n_copies}); got {len(recipes)}.")
+    return recipes
+
+
 def _assign(variables: list[keras.Variable], values: list[np.ndarray]) -> None:
     assert len(variables) == len(values), (len(variables), len(values))
     for variable, value in zip(variables, values):
@@ -471,68 +584,85 @@ def _assign(variables: list[keras.Variable], values: list[np.ndarray]) -> None:
 
 
 class _PerCopy(keras.callbacks.Callback):
-    """Per-copy reporting and early stopping for a `FoldCopies` fit.
+    """Per-copy reporting and early stopping for a `FoldCopies` fit of one or more recipes.
 
-    After every epoch, for each copy still training, in fold order: stop everything on a
-    non-finite loss; report `EpochMetrics` (stop everything if ``on_epoch`` says so); apply
-    Keras' `EarlyStopping` rule (patience on the validation cross-entropy, no min_delta) and
-    freeze the copy when it fires, reporting its best value once more at its fold's last step.
-    Training ends when every copy has stopped.
+    After every epoch, recipe after recipe (copy ``b * k + j`` is recipe b's fold j), for each
+    of its copies still training, in fold order: a non-finite loss ends the recipe (every copy
+    of it frozen, `diverged` set); report `EpochMetrics` (``on_epoch[b]`` returning True ends
+    the recipe, `stopped` set); apply Keras' `EarlyStopping` rule (patience on the validation
+    cross-entropy, no min_delta) and freeze the copy when it fires, reporting its best value
+    once more at its fold's last step. Training ends when every copy has stopped.
     """
 
-    def __init__(self, model: FoldCopies, folds: list[Fold], recipe: Recipe,
-                 on_epoch: OnEpoch | None) -> None:
+    def __init__(self, model: FoldCopies, folds: list[Fold], recipes: Sequence[Recipe],
+                 on_epoch: Sequence[OnEpoch | None]) -> None:
         super().__init__()
-        self.copies, self.folds, self.on_epoch = model, folds, on_epoch
-        self.max_epochs, self.patience = recipe.max_epochs, recipe.patience
-        k = len(folds)
-        self.best = [math.inf] * k
-        self.wait = [0] * k
-        self.active = [True] * k
-        self.n_epochs = [0] * k
-        self.stopped = False  # on_epoch asked to stop
-        self.diverged: tuple[int, int] | None = None  # (fold, epoch)
+        self.copies, self.folds, self.on_epoch = model, folds, list(on_epoch)
+        self.recipes = list(recipes)
+        self.max_epochs = shared_settings(self.recipes).max_epochs
+        n = len(folds) * len(self.recipes)
+        self.best = [math.inf] * n
+        self.wait = [0] * n
+        self.active = [True] * n
+        self.n_epochs = [0] * n
+        self.stopped = [False] * len(self.recipes)  # on_epoch asked to stop the recipe
+        self.diverged: list[tuple[int, int] | None] = [None] * len(self.recipes)  # (fold, epoch)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
-        training = [j for j in range(len(self.folds)) if self.active[j]]
-        for j in training:
-            if not all(math.isfinite(float(logs.get(key, math.nan))) for key in (
-                    _copy_key(CROSS_ENTROPY, j), f"val_{_copy_key(CROSS_ENTROPY, j)}")):
-                self.diverged = (self.folds[j].index, epoch)
-                self.model.stop_training = True
-                return
-            # every copy still training has trained this epoch, reported or not (a stop asked
-            # for at an earlier fold's report cuts the reports, not the epoch)
-            self.n_epochs[j] = epoch + 1
-        for j in training:
-            fold = self.folds[j]
-            train_loss = float(logs[_copy_key(CROSS_ENTROPY, j)])
-            val_loss = float(logs[f"val_{_copy_key(CROSS_ENTROPY, j)}"])
-            improved = val_loss < self.best[j]
-            self.best[j] = min(self.best[j], val_loss)
-            metrics = EpochMetrics(
-                fold=fold.index, epoch=epoch, step=fold.index * self.max_epochs + epoch,
-                train_loss=train_loss, val_loss=val_loss,
-                val_accuracy=float(logs.get(f"val_{_copy_key('accuracy', j)}", math.nan)),
-                best_val_loss=self.best[j],
-            )
-            if self._report(metrics):
-                return
-            # keras.callbacks.EarlyStopping's rule (no min_delta), per copy
-            self.wait[j] = 0 if improved else self.wait[j] + 1
-            if not improved and self.wait[j] >= self.patience and epoch > 0:
-                self.active[j] = False
-                self.copies.freeze(j)
-                if epoch < self.max_epochs - 1 and self._report(dataclasses.replace(
-                        metrics, epoch=self.max_epochs - 1,
-                        step=fold.index * self.max_epochs + self.max_epochs - 1, filled=True)):
-                    return
+        k = len(self.folds)
+        for b, recipe in enumerate(self.recipes):
+            training = [c for c in range(b * k, (b + 1) * k) if self.active[c]]
+            for c in training:
+                if not all(math.isfinite(float(logs.get(key, math.nan))) for key in (
+                        _copy_key(CROSS_ENTROPY, c), f"val_{_copy_key(CROSS_ENTROPY, c)}")):
+                    self.diverged[b] = (self.folds[c % k].index, epoch)
+                    self._end(b)
+                    break
+                # every copy still training has trained this epoch, reported or not (a stop
+                # asked for at an earlier fold's report cuts the reports, not the epoch)
+                self.n_epochs[c] = epoch + 1
+            if self.diverged[b] is None:
+                self._report_recipe(b, recipe, training, epoch, logs)
         if not any(self.active):
             self.model.stop_training = True
 
-    def _report(self, metrics: EpochMetrics) -> bool:
-        if self.on_epoch is not None and self.on_epoch(metrics):
-            self.stopped = True
-            self.model.stop_training = True
-        return self.stopped
+    def _report_recipe(self, b: int, recipe: Recipe, training: list[int], epoch: int,
+                       logs: dict) -> None:
+        for c in training:
+            fold = self.folds[c % len(self.folds)]
+            train_loss = float(logs[_copy_key(CROSS_ENTROPY, c)])
+            val_loss = float(logs[f"val_{_copy_key(CROSS_ENTROPY, c)}"])
+            improved = val_loss < self.best[c]
+            self.best[c] = min(self.best[c], val_loss)
+            metrics = EpochMetrics(
+                fold=fold.index, epoch=epoch, step=fold.index * self.max_epochs + epoch,
+                train_loss=train_loss, val_loss=val_loss,
+                val_accuracy=float(logs.get(f"val_{_copy_key('accuracy', c)}", math.nan)),
+                best_val_loss=self.best[c],
+            )
+            if self._report(b, metrics):
+                return
+            # keras.callbacks.EarlyStopping's rule (no min_delta), per copy
+            self.wait[c] = 0 if improved else self.wait[c] + 1
+            if not improved and self.wait[c] >= recipe.patience and epoch > 0:
+                self.active[c] = False
+                self.copies.freeze(c)
+                if epoch < self.max_epochs - 1 and self._report(b, dataclasses.replace(
+                        metrics, epoch=self.max_epochs - 1,
+                        step=fold.index * self.max_epochs + self.max_epochs - 1, filled=True)):
+                    return
+
+    def _report(self, b: int, metrics: EpochMetrics) -> bool:
+        if self.on_epoch[b] is not None and self.on_epoch[b](metrics):
+            self.stopped[b] = True
+            self._end(b)
+        return self.stopped[b]
+
+    def _end(self, b: int) -> None:
+        """Freeze every copy of recipe ``b`` still training."""
+        k = len(self.folds)
+        for c in range(b * k, (b + 1) * k):
+            if self.active[c]:
+                self.active[c] = False
+                self.copies.freeze(c)

@@ -9,6 +9,7 @@ with the fold noise: how much the same sequential folds move when only the seed 
 from __future__ import annotations
 
 import functools
+import re
 
 import keras
 import numpy as np
@@ -23,6 +24,7 @@ from trainers.batched import (
     batch_size_for,
     copies_for,
     cross_validate_batched,
+    cross_validate_recipes,
 )
 from trainers.data import Dataset, class_weights, load_digits
 from trainers.fit import CROSS_ENTROPY, Diverged, EpochMetrics, StuckAtChance, cross_validate
@@ -231,8 +233,8 @@ class _FakeCopies:
 def _replay(val_losses: list[list[float]], patience: int, on_epoch=None):
     folds = [Fold(j, np.arange(1), np.arange(1)) for j in range(len(val_losses[0]))]
     fake = _FakeCopies()
-    tracker = _PerCopy(fake, folds, Recipe(patience=patience, max_epochs=len(val_losses)),
-                       on_epoch)
+    tracker = _PerCopy(fake, folds, [Recipe(patience=patience, max_epochs=len(val_losses))],
+                       [on_epoch])
     tracker.set_model(fake)
     for epoch, losses in enumerate(val_losses):
         logs = {}
@@ -380,3 +382,121 @@ def test_fold_copies_share_no_variable() -> None:
     assert len(set(paths)) == len(paths) and paths[0].startswith("copy_0/")
     # seeded apart: different initial weights
     assert not np.allclose(_weights(model.copies[0])[0], _weights(model.copies[1])[0])
+
+
+# ---- several recipes in one step ------------------------------------------------------------
+
+# three recipes that differ in every strength the MLP has, and in patience
+RECIPES = [RECIPE.replace(max_epochs=4, patience=1),
+           RECIPE.replace(l2=0.0, l1=1e-3, dropout=0.0, augment=1.0, max_epochs=4, patience=2),
+           RECIPE.replace(l2=1e-2, dropout=0.6, augment=0.0, max_epochs=4, patience=4)]
+
+
+@pytest.mark.parametrize("kind", ["reuse", "rebuild"])
+def test_each_recipe_of_a_step_trains_as_it_would_alone(kind: str) -> None:
+    # the same stream, order and seeds, and a sum of losses whose gradient for each copy is
+    # its own: recipe b's curves are those of its own batched folds, to float rounding
+    data = _digits()
+    folds = stratified_folds(data.y, 2, seed=0)
+    models = _reuse(data) if kind == "reuse" else _rebuild(data)
+    together = cross_validate_recipes(data, folds, RECIPES, models, seed=3,
+                                      fail_at_chance=False)
+    alone = [cross_validate_batched(data, folds, r, models, seed=3, fail_at_chance=False)
+             for r in RECIPES]
+    for got, want in zip(together, alone):
+        _assert_same_curves(got, want)
+        assert not got.stopped
+    # the recipes really differ, so the equalities are not vacuous
+    losses = [r.val_loss for r in alone]
+    assert len({round(v, 4) for v in losses}) == 3, losses
+    # each fold's fit seconds are its share of the one fit
+    assert together[0].folds[0].fit_seconds == pytest.approx(together[2].folds[1].fit_seconds)
+
+
+def test_a_recipe_the_pruner_stops_is_frozen_while_the_others_train_on() -> None:
+    data = _digits()
+    folds = stratified_folds(data.y, 2, seed=0)
+    copies = copies_for(_reuse(data), 2, 3)
+    snapshots = {}
+
+    def prune_at_epoch_1(m: EpochMetrics) -> bool:
+        if m.epoch == 1 and m.fold == 0:
+            snapshots.update({c: _weights(copies.model.copies[c]) for c in (2, 3)})
+            return True
+        return False
+
+    recipes = [r.replace(patience=4) for r in RECIPES]
+    outcomes = cross_validate_recipes(data, folds, recipes, copies, seed=0,
+                                      on_epoch=[None, prune_at_epoch_1, None],
+                                      fail_at_chance=False)
+    assert outcomes[1].stopped and [f.n_epochs for f in outcomes[1].folds] == [2, 2]
+    for c in (2, 3):  # recipe 1's copies did not move after the epoch it was stopped at
+        for a, b in zip(snapshots[c], _weights(copies.model.copies[c])):
+            np.testing.assert_array_equal(a, b)
+    for b in (0, 2):  # the others trained every epoch, as they do alone
+        assert not outcomes[b].stopped and [f.n_epochs for f in outcomes[b].folds] == [4, 4]
+        _assert_same_curves(outcomes[b], cross_validate_batched(
+            data, folds, recipes[b], _reuse(data), seed=0, fail_at_chance=False))
+
+
+def test_a_recipe_that_diverges_fails_alone() -> None:
+    data = _digits()
+    folds = stratified_folds(data.y, 2, seed=0)
+
+    def build(recipe: Recipe) -> keras.Model:  # recipe with l1 gets a network that NaNs
+        return _tiny(float("nan") if recipe.l1 else 1.0)(recipe)
+
+    recipes = [RECIPE, RECIPE.replace(l1=1e-4), RECIPE.replace(l2=0.0)]
+    outcomes = cross_validate_recipes(data, folds, recipes, build, fail_at_chance=False)
+    assert isinstance(outcomes[1], Diverged)
+    assert str(outcomes[1]) == "fold 0, epoch 0: loss is not finite"
+    for b in (0, 2):
+        assert [f.n_epochs for f in outcomes[b].folds] == [3, 3]
+        assert np.isfinite(outcomes[b].val_loss)
+    # at chance: the failure is returned, the others kept
+    at_chance = cross_validate_recipes(
+        data, folds, [RECIPE, RECIPE.replace(l1=1e-4)],
+        lambda r: _tiny(0.0 if r.l1 else 1.0)(r), fail_at_chance=True)
+    assert isinstance(at_chance[1], StuckAtChance) and not isinstance(at_chance[0], Exception)
+
+
+def test_recipes_of_one_step_must_share_batch_size_learning_rate_and_epochs() -> None:
+    data = _digits()
+    folds = stratified_folds(data.y, 2, seed=0)
+    for change, words in [({"batch_size": 16}, "batch_size (32 and 16)"),
+                          ({"learning_rate": 1e-3}, "learning_rate (0.01 and 0.001)"),
+                          ({"max_epochs": 5}, "max_epochs (3 and 5)")]:
+        with pytest.raises(ValueError, match=f"these differ in {re.escape(words)}"):
+            cross_validate_recipes(data, folds, [RECIPE, RECIPE.replace(**change)],
+                                   _reuse(data))
+    with pytest.raises(ValueError, match="2 on_epoch hooks for 3 recipes"):
+        cross_validate_recipes(data, folds, RECIPES[:1] * 3, _reuse(data),
+                               on_epoch=[None, None])
+
+
+@pytest.mark.skipif(keras.backend.backend() == "torch",
+                    reason="no traced step to count on PyTorch (see above)")
+def test_steps_of_several_recipes_compile_once_and_never_retrace() -> None:
+    data = _digits()
+    folds = stratified_folds(data.y, 2, seed=0)
+    reuse = _reuse(data, jit_compile=True)
+    copies = copies_for(reuse, 2, 2)
+    model = copies.prepare(RECIPE, [0, 1, 0, 1])
+    traces = []
+    train_step = model.train_step
+
+    def counted(*args, **kwargs):
+        traces.append(1)
+        return train_step(*args, **kwargs)
+
+    model.train_step = counted
+    first = cross_validate_recipes(data, folds, RECIPES[:2], reuse, fail_at_chance=False)
+    function, n_traces = model.train_function, len(traces)
+    assert n_traces >= 1
+    later = cross_validate_recipes(data, folds, RECIPES[1:], reuse, fail_at_chance=False)
+    again = cross_validate_recipes(data, folds, RECIPES[:2], reuse, fail_at_chance=False)
+    assert copies.model is model and model.train_function is function
+    assert len(traces) == n_traces
+    _assert_same_curves(later[0], first[1])  # recipe 1 in the other slot: the same curves
+    for a, b in zip(first, again):
+        _assert_same_curves(a, b)
