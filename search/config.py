@@ -11,7 +11,7 @@ from typing import Any
 from search.baseline_sets import BASELINE_SETS
 from spaces import StudySpec, check_choice, check_float, check_int, load_study
 from spaces.load import FOLD_MODES, N_FOLDS_RANGE, PRUNERS, SAMPLERS, SEED_MAX
-from spaces.strengths import STRENGTHS
+from spaces.strengths import SHARED_IN_STEP, STRENGTHS
 
 DEFAULT_ROOT = Path("mlruns")
 PRECISIONS = ("float32", "bfloat16")
@@ -74,6 +74,9 @@ class StudyConfig:
             sequential folds report, `search.worker.InFoldOrder`: in practice no decision
             before every copy has trained its last epoch) or "epoch" (the mean of every fold's
             best loss so far, each epoch from half the epochs on, `search.worker.AcrossFolds`).
+        recipes_per_step: with batched folds, how many trials one worker asks from Optuna
+            together and trains in one compiled step (`trainers.batched.cross_validate_recipes`:
+            recipes x folds copies); 1 trains trial after trial.
         report: after the search, retrain the selected recipe (and baselines) on the whole
             training split and score the held-out split, when the data has one.
         report_top: retrain the best this many trials for the report (the rank agreement
@@ -102,6 +105,7 @@ class StudyConfig:
     rebuild_per_trial: bool = False
     fold_mode: str = "sequential"
     batched_pruning: str = "fold-end"
+    recipes_per_step: int = 1
     tpe_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -120,6 +124,13 @@ class StudyConfig:
                 "--batched-pruning epoch judges batched folds, but this study trains its folds "
                 f"one after the other (fold mode {self.fold_mode!r}); add --fold-mode batched, "
                 "or leave --batched-pruning out.")
+        check_int("--recipes-per-step", self.recipes_per_step, low=1)
+        if self.recipes_per_step > 1 and self.fold_mode != "batched":
+            raise ValueError(
+                f"--recipes-per-step {self.recipes_per_step} trains several trials' folds as "
+                "copies of the model in one step, but this study trains its folds one after "
+                f"the other (fold mode {self.fold_mode!r}); add --fold-mode batched, or leave "
+                "--recipes-per-step out.")
         if self.fold_mode == "batched":
             self._check_batched()
         if self.baselines is not None:
@@ -137,6 +148,13 @@ class StudyConfig:
                 or any(r.get(name) for r in baselines)]
         if self.spec.data.get("zca_epsilon") is not None:
             used.append("data.zca_epsilon")
+        shared = [name for name in SHARED_IN_STEP if name in searched]
+        if self.recipes_per_step > 1 and shared:
+            them = "them" if len(shared) > 1 else "it"
+            raise ValueError(
+                f"--recipes-per-step {self.recipes_per_step}: the recipes of one step share "
+                f"{', '.join(SHARED_IN_STEP)}, but this study searches {', '.join(shared)}; leave "
+                f"--recipes-per-step out, or fix {them} in the study's training section.")
         if used:
             them = "them" if len(used) > 1 else "it"
             raise ValueError(

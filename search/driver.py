@@ -269,8 +269,8 @@ def run_study(config: StudyConfig, *, console: Console | None = None, data_dir: 
     console.print("\n".join(study_next_steps(study, config, tracker, parent)), highlight=False,
                   soft_wrap=True)
     if stop.asked:
-        console.print("interrupted: the current trial is marked failed; rerun the same command "
-                      "to resume.")
+        console.print("interrupted: what was training is marked failed (a trial's recipe is "
+                      "queued again); rerun the same command to resume.", soft_wrap=True)
     return StudyOutcome(study, parent, counts, stop.asked)
 
 

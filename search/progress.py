@@ -79,6 +79,7 @@ class StudyProgress:
         self.n_trials = n_trials
         self._durations: list[float] = []  # seconds of each trial finished in this run
         self._parallel = 1  # trials running at once (the launcher's workers)
+        self._per_step = 1  # trials one worker trains together (`trials_started`)
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -111,6 +112,12 @@ class StudyProgress:
 
     def trial_started(self, number: int) -> None:
         self.job_started(f"trial {number}")
+
+    def trials_started(self, numbers: list[int]) -> None:
+        """Trials ``numbers`` train together, in one compiled step: one bar for them all,
+        and the study's time left counts that many trials done per trial's time."""
+        self._per_step = max(self._per_step, len(numbers))
+        self.job_started("trials " + ", ".join(str(n) for n in numbers))
 
     def job_started(self, label: str, *, n_folds: int | None = None,
                     max_epochs: int | None = None) -> None:
@@ -220,15 +227,16 @@ class StudyProgress:
 
         The mean duration of the trials finished in this run, whatever their outcome (a
         pruned trial is short, a failed one may be), times the trials left, shared among the
-        trials running at once; less what the running trial has already taken.
+        trials running at once (the workers' trials, each worker's trials of one step
+        together); less what the running trial has already taken.
         """
         if not self._durations:
             return None
         done = self.counts["complete"] + self.counts["pruned"] + self.counts["failed"]
         left = max(0, self.n_trials - done)
         mean = sum(self._durations) / len(self._durations)
-        seconds = mean * left / self._parallel
-        if self._label is not None and self._label.startswith("trial "):
+        seconds = mean * left / (self._parallel * self._per_step)
+        if self._label is not None and self._label.startswith(("trial ", "trials ")):
             seconds -= time.monotonic() - self._trial_started
         return max(0.0, seconds) if left else 0.0
 

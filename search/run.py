@@ -92,6 +92,10 @@ def parser() -> argparse.ArgumentParser:
                         "sequential folds report; no decision before the last epoch) or epoch "
                         "(every fold's best loss so far, averaged, each epoch from half the "
                         "epochs on) (default: fold-end)")
+    p.add_argument("--recipes-per-step", type=int, metavar="B",
+                   help="with --fold-mode batched, train B trials' recipes together, B x folds "
+                        "copies of the model in one compiled step (default: 1, trial after "
+                        "trial; worth it on a GPU, where one trial's step leaves it idle)")
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the launcher
     return p
 

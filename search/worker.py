@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import math
 import socket
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import keras
 import optuna
-from optuna.storages._heartbeat import is_heartbeat_enabled
+from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
+from optuna.trial import TrialState
 
 from search.config import StudyConfig
 from search.convergence import convergence
@@ -45,10 +49,11 @@ from search.stopping import as_stop, check_stop, trainer_hooks
 from search.study import count_trials
 from search.tracking import RunState, StorageLost, StoreLost, Tracker
 from spaces import sample_params
-from trainers.batched import fold_trainer
+from trainers.batched import cross_validate_recipes, fold_trainer
 from trainers.data import Dataset
-from trainers.fit import ClassWeight, EpochMetrics
+from trainers.fit import ClassWeight, CVResult, EpochMetrics, FoldResult
 from trainers.kfold import Fold
+from trainers.recipe import Recipe
 
 
 @dataclass
@@ -75,8 +80,14 @@ class Objective:
     lost: StoreLost | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
+        return self._guarded(trial, lambda: self._run(trial))
+
+    def _guarded(self, trial: optuna.Trial, work: Callable[[], Any]) -> Any:
+        """``work()`` for ``trial``, ending the trial as its failure requires: a store's
+        failure or a stop is not the recipe's (the trial is interrupted, its recipe queued
+        again), anything else is (it propagates, and Optuna marks the trial FAIL)."""
         try:
-            return self._run(trial)
+            return work()
         except StoreLost as exc:
             # not the recipe's fault: end the trial like an interrupted one, in Optuna if it
             # still answers, so it does not use up the budget. Where it does not (its storage
@@ -111,6 +122,66 @@ class Objective:
         trial.study.enqueue_trial(trial.params, user_attrs={RETRY_OF_ATTR: trial.number})
 
     def _run(self, trial: optuna.Trial) -> float:
+        started = self._begin(trial)
+        return self._finish(trial, started, lambda on_fold: fold_trainer(self.config.fold_mode)(
+            self.data, self.folds, started.recipe, self.models, seed=self.config.seed,
+            on_epoch=started.on_epoch, on_fold=on_fold, class_weight=self.class_weight,
+            on_batch=started.on_batch, fail_at_chance=False))
+
+    def run_together(self, trials: list[optuna.Trial]) -> list[float | BaseException]:
+        """Train the recipes of ``trials`` in one compiled step (`cross_validate_recipes`)
+        and record each as `__call__` does; return each trial's value, or what ended it (what
+        `__call__` would have raised: `optuna.TrialPruned`, the recipe's failure, a stop, a
+        lost store).
+
+        A failure that is not one recipe's (a stop, a lost store, while the trials start or
+        train) ends every trial of the step that way.
+        """
+        started: list[Started] = []
+        error = None
+        for trial in trials:
+            try:  # each trial's end, whatever it is, is recorded once, below
+                started.append(self._begin(trial, shown=not started, labelled=False))
+            except BaseException as exc:  # noqa: BLE001 - handed to each trial below
+                error = exc
+                break
+        if error is not None:
+            outcomes: list[Any] = [error] * len(trials)
+        else:
+            if self.progress:
+                self.progress.trials_started([t.number for t in trials])
+            try:
+                outcomes = cross_validate_recipes(
+                    self.data, self.folds, [s.recipe for s in started], self.models,
+                    seed=self.config.seed, on_epoch=[s.on_epoch for s in started],
+                    on_batch=started[0].on_batch, class_weight=self.class_weight,
+                    fail_at_chance=False)
+            except BaseException as exc:  # noqa: BLE001 - every trial's end, below
+                outcomes = [exc] * len(trials)
+        ended: list[float | BaseException] = []
+        for i, (trial, outcome) in enumerate(zip(trials, outcomes)):
+            def replay(on_fold, outcome=outcome):  # the folds as the trainer ended them
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                for fold in outcome.folds:
+                    on_fold(fold)
+                return outcome
+
+            def end(trial=trial, i=i, replay=replay) -> float:
+                if i >= len(started):  # not started: the failure that stopped the others
+                    return replay(None)
+                return self._finish(trial, started[i], replay)
+
+            try:
+                ended.append(self._guarded(trial, end))
+            except BaseException as exc:  # noqa: BLE001 - returned, told to Optuna
+                ended.append(exc)
+        return ended
+
+    def _begin(self, trial: optuna.Trial, *, shown: bool = True,
+               labelled: bool = True) -> "Started":
+        """Sample the trial's recipe, start its MLflow run, record where it runs; its hooks
+        feed the progress display when ``shown``, under the trial's name when ``labelled``."""
         entered = time.perf_counter()
         recipe = make_recipe(self.config, sample_params(self.config.spec.space, trial))
         process = this_process()  # worker (host:pid) and PID namespace
@@ -124,10 +195,10 @@ class Objective:
         for key, value in process.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr(RUN_ID_ATTR, run_id)
-        if self.progress:
+        if self.progress and shown and labelled:
             self.progress.trial_started(trial.number)
 
-        hooks = trainer_hooks(self.progress)
+        hooks = trainer_hooks(self.progress if shown else None)
         to_pruner = pruner_reports(self.config)
 
         def on_epoch(m: EpochMetrics) -> bool:
@@ -141,16 +212,19 @@ class Objective:
             if state == "FAIL":  # an interruption is recorded by `__call__`, whatever it cut
                 trial.set_user_attr(FAIL_REASON_ATTR, reason)
 
-        lead = time.perf_counter() - entered  # sampling, MLflow run, storage writes
+        # sampling, MLflow run, storage writes
+        return Started(recipe, run_id, on_epoch, hooks["on_batch"], on_failed,
+                       lead=time.perf_counter() - entered)
+
+    def _finish(self, trial: optuna.Trial, started: "Started",
+                train: Callable[[Callable[[FoldResult], None]], CVResult]) -> float:
+        """Run ``train(on_fold)``, record its result on the trial's MLflow run and in Optuna,
+        and return the trial's CV loss (raise `optuna.TrialPruned` if the pruner stopped it)."""
         result, summary, at_chance = train_recorded(
-            self.tracker, run_id,
             # a recipe stuck at chance level completes with its (bad) CV loss: see
             # `search.selection` for why that, not a failure, and why it is never selected
-            lambda on_fold: fold_trainer(self.config.fold_mode)(
-                self.data, self.folds, recipe, self.models, seed=self.config.seed,
-                on_epoch=on_epoch, on_fold=on_fold, class_weight=self.class_weight,
-                on_batch=hooks["on_batch"], fail_at_chance=False),
-            n_classes=self.data.n_classes, lead_seconds=lead, on_failed=on_failed)
+            self.tracker, started.run_id, train, n_classes=self.data.n_classes,
+            lead_seconds=started.lead, on_failed=started.on_failed)
         for key, value in summary.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr(BEST_EPOCHS_ATTR, [f.best_epoch for f in result.folds])
@@ -162,6 +236,18 @@ class Objective:
                 if self.config.fold_mode == "batched" else
                 f"pruned after {len(result.folds)} fold(s)")
         return result.val_loss
+
+
+@dataclass
+class Started:
+    """A trial whose recipe is sampled and whose MLflow run is open: what its training needs."""
+
+    recipe: Recipe
+    run_id: str
+    on_epoch: Callable[[EpochMetrics], bool]
+    on_batch: Callable[[int, int, float], None]
+    on_failed: Callable[[RunState, str], None]
+    lead: float  # seconds from the trial's start to its training
 
 
 def pruner_reports(config: StudyConfig) -> "FoldEnds | AcrossFolds":
@@ -289,7 +375,8 @@ def run_trials(study: optuna.Study, objective: Objective, *, n_trials: int,
     run that it can see end (`_others_may_requeue`), and trains what is queued again.
 
     Each trial goes through ``study.optimize(n_trials=1)`` so Optuna keeps its heartbeat and
-    stale-trial handling. A failed trial does not stop the loop; Ctrl-C ends the current trial
+    stale-trial handling; with ``config.recipes_per_step`` > 1, that many trials at a time go
+    through `run_step` (fewer when less budget is left). A failed trial does not stop the loop; Ctrl-C ends the current trial
     (marked FAIL, ``interrupted``; it does not use up the budget) and propagates, and so does
     `search.tracking.StoreLost` (a store failed), after ending the trial the same way where the
     Optuna storage still answers.
@@ -312,9 +399,14 @@ def run_trials(study: optuna.Study, objective: Objective, *, n_trials: int,
             continue
         if objective.config.stop_within_noise and converged(study, objective.config):
             break
+        together = min(objective.config.recipes_per_step,
+                       n_trials - count_trials(study)["budget"])
         try:
-            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks,
-                           gc_after_trial=True)
+            if together > 1:
+                run_step(study, objective, together)
+            else:
+                study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks,
+                               gc_after_trial=True)
         except Exception:
             # Optuna could not record the trial's end either: its own error comes out of
             # ``optimize`` (an AssertionError), the store's failure is what it means
@@ -322,6 +414,45 @@ def run_trials(study: optuna.Study, objective: Objective, *, n_trials: int,
                 raise
         if objective.lost is not None:
             raise objective.lost
+
+
+def run_step(study: optuna.Study, objective: Objective, n: int) -> None:
+    """Ask ``n`` trials, train their recipes in one compiled step (`Objective.run_together`)
+    and tell Optuna how each ended, as ``study.optimize`` does for one trial: stale trials
+    failed first where the storage has heartbeats, a heartbeat kept for each trial while it
+    trains, a failed recipe marked FAIL and the study going on, a stop propagated once every
+    trial is told. Queued recipes are asked first (Optuna's ``ask``), and the sampler sees
+    the others of the step as running (TPE's constant liar: `search.study.TPE_DEFAULTS`).
+    """
+    if is_heartbeat_enabled(study._storage):
+        optuna.storages.fail_stale_trials(study)
+    with warnings.catch_warnings():
+        # Optuna warns that heartbeats need `Study.optimize`: this keeps them itself, below
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        trials = [study.ask() for _ in range(n)]
+    with contextlib.ExitStack() as beating:
+        for trial in trials:
+            beating.enter_context(get_heartbeat_thread(trial._trial_id, study._storage))
+        ended = objective.run_together(trials)
+    stop = None
+    for trial, outcome in zip(trials, ended):
+        if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+            stop = stop or outcome  # a stop (Ctrl-C, SIGTERM): told FAIL, then raised
+        state = (TrialState.PRUNED if isinstance(outcome, optuna.TrialPruned) else
+                 TrialState.FAIL if isinstance(outcome, BaseException) else TrialState.COMPLETE)
+        try:
+            frozen = study.tell(trial, None if state != TrialState.COMPLETE else outcome,
+                                state=state)
+        except Exception:
+            # the storage could not record it: its failure is what `run_trials` raises
+            if objective.lost is None:
+                raise
+            continue
+        if objective.progress is not None:
+            announce(objective.progress, frozen)
+    gc.collect()
+    if stop is not None:
+        raise stop
 
 
 def converged(study: optuna.Study, config: StudyConfig) -> bool:

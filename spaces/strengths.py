@@ -1,5 +1,6 @@
 """Every recipe field declared once: its type, allowed range, and for a regularizer its "off"
-value, report label and whether batched folds train it. The space checks, `trainers.Recipe`,
+value, report label, whether batched folds train it and whether recipes trained in one step
+must share it. The space checks, `trainers.Recipe`,
 the baselines, the report and the batched fold mode's check derive from this table."""
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ class Strength:
         searchable: False for a field a study fixes but never searches.
         batched: False for a regularizer that batched folds (`trainers.batched`) do not train
             yet: a study in that fold mode refuses it (`search.config.NOT_BATCHED`).
+        shared_in_step: True for a setting that every recipe trained in one compiled step
+            shares (`trainers.batched.cross_validate_recipes`): a study that trains several
+            recipes per step cannot search it (`SHARED_IN_STEP`).
     """
 
     name: str
@@ -34,6 +38,7 @@ class Strength:
     label: str | None = None
     searchable: bool = True
     batched: bool = True
+    shared_in_step: bool = False
 
     @property
     def allowed(self) -> str:
@@ -77,10 +82,12 @@ STRENGTHS: tuple[Strength, ...] = (
     Strength("mixup", float, 0.0, 10.0, off=0.0, label="mixup", batched=False),
     Strength("cutmix", float, 0.0, 10.0, off=0.0, label="cutmix", batched=False),
     Strength("patience", int, 1, label="patience"),
-    Strength("learning_rate", float, 0.0, low_open=True),
-    Strength("batch_size", int, 1),
-    Strength("max_epochs", int, 1, searchable=False),
+    # one optimizer, one stream and one fit train the recipes of a step
+    Strength("learning_rate", float, 0.0, low_open=True, shared_in_step=True),
+    Strength("batch_size", int, 1, shared_in_step=True),
+    Strength("max_epochs", int, 1, searchable=False, shared_in_step=True),
 )
+SHARED_IN_STEP = tuple(s.name for s in STRENGTHS if s.shared_in_step)
 BY_NAME = {s.name: s for s in STRENGTHS}
 REGULARIZERS = tuple(s for s in STRENGTHS if s.label is not None)
 # "no regularization": what every baseline starts from

@@ -49,6 +49,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from spaces.strengths import SHARED_IN_STEP
 from trainers.data import Dataset
 from trainers.fit import (
     CROSS_ENTROPY,
@@ -85,8 +86,6 @@ __all__ = [
     "cross_validate_batched", "cross_validate_recipes", "shared_settings",
 ]
 
-# what the recipes trained in one step must share: one compiled step, one stream
-SHARED = ("batch_size", "learning_rate", "max_epochs")
 
 # per-copy curves kept in each FoldResult's history (no "loss": the penalised loss of one copy
 # is not tracked, only the total over copies)
@@ -156,10 +155,10 @@ def cross_validate_recipes(
     the others' results are kept. ``on_epoch[b]`` is recipe b's hook, called as
     `cross_validate_batched` calls it, recipe after recipe each epoch; returning True stops
     recipe b alone (its result ``stopped``). Each fold's ``fit_seconds`` is an equal share of
-    the one ``fit`` among every recipe's folds. The recipes must agree on `SHARED`.
+    the one ``fit`` among every recipe's folds. The recipes must agree on `SHARED_IN_STEP`.
 
     Raises:
-        ValueError: no folds, no recipes, or recipes that differ in a `SHARED` setting.
+        ValueError: no folds, no recipes, or recipes that differ in a `SHARED_IN_STEP` setting.
     """
     folds, recipes = list(folds), list(recipes)
     if not folds:
@@ -228,7 +227,7 @@ def cross_validate_recipes(
 
 
 def shared_settings(recipes: Sequence[Recipe]) -> Recipe:
-    """The first recipe, once every other agrees with it on `SHARED` (what recipes trained
+    """The first recipe, once every other agrees with it on `SHARED_IN_STEP` (what recipes trained
     in one step share).
 
     Raises:
@@ -236,10 +235,10 @@ def shared_settings(recipes: Sequence[Recipe]) -> Recipe:
     """
     first = recipes[0]
     for other in recipes[1:]:
-        for name in SHARED:
+        for name in SHARED_IN_STEP:
             if getattr(other, name) != getattr(first, name):
                 raise ValueError(
-                    f"recipes trained in one step share {', '.join(SHARED)}; these differ in "
+                    f"recipes trained in one step share {', '.join(SHARED_IN_STEP)}; these differ in "
                     f"{name} ({getattr(first, name)!r} and {getattr(other, name)!r}).")
     return first
 

@@ -202,3 +202,125 @@ def test_batched_folds_refuse_the_modern_baselines_before_any_store_is_opened(tm
         "yet (each copy of the model would ignore them); use --fold-mode sequential, or leave "
         "them out of the study.")
     assert not (tmp_path / "mlruns").exists()
+
+
+# ---- several recipes per step ---------------------------------------------------------------
+
+def test_recipes_per_step_needs_batched_folds_and_no_searched_shared_setting(tmp_path) -> None:
+    assert build_config("digits").recipes_per_step == 1
+    assert build_config("digits", fold_mode="batched", recipes_per_step=4).recipes_per_step == 4
+    with pytest.raises(ValueError, match=(
+            r"^--recipes-per-step 4 trains several trials' folds as copies of the model in one "
+            r"step, but this study trains its folds one after the other \(fold mode "
+            r"'sequential'\); add --fold-mode batched, or leave --recipes-per-step out\.$")):
+        build_config("digits", recipes_per_step=4)
+    with pytest.raises(ValueError, match="--recipes-per-step"):
+        build_config("digits", fold_mode="batched", recipes_per_step=0)
+    # a digits study that searches the learning rate and batch size it fixes
+    study = tmp_path / "searched.yaml"
+    study.write_text((Path(__file__).resolve().parents[2] / "spaces" / "digits.yaml").read_text()
+                     .replace("  batch_size: 64\n  learning_rate: 1.0e-3\n", ""))
+    searched = ["space.learning_rate={low: 1.0e-4, high: 1.0e-2, log: true}",
+                "space.batch_size={type: int, low: 16, high: 128}"]
+    with pytest.raises(ValueError, match=(
+            r"^--recipes-per-step 2: the recipes of one step share learning_rate, batch_size, "
+            r"max_epochs, but this study searches learning_rate, batch_size; leave "
+            r"--recipes-per-step out, or fix them in the study's training section\.$")):
+        build_config(str(study), fold_mode="batched", recipes_per_step=2, overrides=searched)
+    # one recipe per step: searching them is fine
+    assert build_config(str(study), fold_mode="batched", overrides=searched).n_trials > 0
+
+
+@pytest.mark.slow
+def test_a_study_trains_several_recipes_per_step_each_as_it_would_alone(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from search.datasets import load_data
+    from search.driver import run_study
+    from search.names import RECIPE_ATTR, RUN_ID_ATTR
+    from search.study import open_study
+    from search.training import prepare_training
+    from trainers.batched import cross_validate_batched
+    from trainers.recipe import Recipe
+
+    config = build_config("digits", n_trials=5, n_folds=2, max_epochs=3, pruner="none", seed=0,
+                          storage=f"sqlite:///{tmp_path}/optuna.db",
+                          tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", fold_mode="batched",
+                          recipes_per_step=3, overrides=["model.units=32"], report=False)
+    run_study(config, progress=False)
+    trials = open_study(config).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 5
+    # 5 trials, 3 per step: trials 0-2 trained together, then 3-4 once they had ended
+    first, second = trials[:3], trials[3:]
+    assert max(t.datetime_start for t in first) < min(t.datetime_complete for t in first)
+    assert max(t.datetime_complete for t in first) < min(t.datetime_start for t in second)
+    assert max(t.datetime_start for t in second) < min(t.datetime_complete for t in second)
+    client = MlflowClient(config.tracking_uri)
+    for t in trials:
+        run = client.get_run(t.user_attrs[RUN_ID_ATTR])
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics["cv_val_loss"] == pytest.approx(t.value)
+    assert len({round(t.value, 4) for t in trials}) == 5  # five different recipes
+    # each recipe's folds, trained alone, give what the step gave it
+    data = load_data(config.spec.data, where="test", seed=config.seed)
+    training = prepare_training(config, data)
+    for t in (trials[1], trials[4]):
+        alone = cross_validate_batched(
+            data.train, training.folds, Recipe.from_dict(t.user_attrs[RECIPE_ATTR]),
+            training.models, seed=config.seed, class_weight=training.class_weight,
+            fail_at_chance=False)
+        assert t.user_attrs[FOLD_LOSSES_ATTR] == pytest.approx(
+            [f.val_loss for f in alone.folds], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_a_stop_during_a_step_interrupts_its_trials_and_the_rerun_trains_them(tmp_path) -> None:
+    import os
+    import signal
+    import threading
+
+    import optuna
+    from mlflow import MlflowClient
+
+    from search.driver import run_study
+    from search.names import INTERRUPTED_ATTR, RETRY_OF_ATTR, RUN_ID_ATTR
+    from search.study import open_study
+
+    config = build_config("digits", n_trials=3, n_folds=2, max_epochs=40, pruner="none", seed=0,
+                          storage=f"sqlite:///{tmp_path}/optuna.db",
+                          tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", fold_mode="batched",
+                          recipes_per_step=3, report=False, overrides=[
+                              "model.units=32",
+                              "space.patience={type: int, low: 40, high: 40, default: 40}"])
+    training = threading.Event()
+
+    def ctrl_c_once_the_step_trains() -> None:
+        while not training.wait(0.2):
+            try:
+                trials = optuna.load_study(study_name="digits", storage=config.storage).trials
+            except Exception:  # noqa: BLE001 - not created yet
+                continue
+            if len(trials) == 3 and all(t.intermediate_values for t in trials):
+                training.set()
+                os.kill(os.getpid(), signal.SIGINT)
+
+    watcher = threading.Thread(target=ctrl_c_once_the_step_trains, daemon=True)
+    watcher.start()
+    outcome = run_study(config, progress=False)
+    training.set()
+    assert outcome.interrupted
+    trials = open_study(config).trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * 3 + [TrialState.WAITING] * 3
+    client = MlflowClient(config.tracking_uri)
+    for t in trials[:3]:
+        assert t.user_attrs[INTERRUPTED_ATTR] is True
+        assert client.get_run(t.user_attrs[RUN_ID_ATTR]).info.status == "KILLED"
+    assert sorted(t.user_attrs[RETRY_OF_ATTR] for t in trials[3:]) == [0, 1, 2]
+    assert [t.system_attrs["fixed_params"] for t in trials[3:]] == [t.params for t in trials[:3]]
+
+    # the rerun trains the three queued recipes, together, and counts nothing twice
+    rerun = run_study(config.replace(max_epochs=40), progress=False)
+    assert not rerun.interrupted
+    trials = open_study(config).trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * 3 + [TrialState.COMPLETE] * 3
+    assert max(t.datetime_start for t in trials[3:]) < min(t.datetime_complete for t in trials[3:])
