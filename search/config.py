@@ -215,6 +215,7 @@ def build_config(study: str, *, overrides: tuple[str, ...] | list[str] = (),
         "max_epochs": spec.training.get("max_epochs", 20), "sampler": s.sampler,
         "pruner": s.pruner, "seed": s.seed, "storage": default_storage(),
         "tracking_uri": default_tracking_uri(), "fold_mode": s.fold_mode,
+        "recipes_per_step": s.recipes_per_step,
     }
     given = {k: v for k, v in options.items() if v is not None}
     return StudyConfig(spec=spec, enqueue_defaults=s.enqueue_defaults, tpe_options=dict(s.tpe),

@@ -94,8 +94,8 @@ def parser() -> argparse.ArgumentParser:
                         "epochs on) (default: fold-end)")
     p.add_argument("--recipes-per-step", type=int, metavar="B",
                    help="with --fold-mode batched, train B trials' recipes together, B x folds "
-                        "copies of the model in one compiled step (default: 1, trial after "
-                        "trial; worth it on a GPU, where one trial's step leaves it idle)")
+                        "copies of the model in one compiled step (default: the study "
+                        "file's search.recipes_per_step, else 1: trial after trial)")
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the launcher
     return p
 

@@ -18,7 +18,7 @@ SECTIONS = ("name", "description", "data", "model", "training", "search", "space
 # Fixed per study: the recipe fields a space may also search, plus the epoch budget.
 TRAINING_KEYS = tuple(FLOAT_DOMAINS) + tuple(INT_DOMAINS) + ("max_epochs",)
 SEARCH_KEYS = ("n_folds", "n_trials", "sampler", "pruner", "seed", "enqueue_defaults", "tpe",
-               "fold_mode")
+               "fold_mode", "recipes_per_step")
 SAMPLERS = ("tpe", "random")
 # the folds a study may cross-validate on, in its file and with --folds: (low, high)
 N_FOLDS_RANGE = (2, 20)
@@ -40,7 +40,8 @@ STUDY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """How a study searches: folds, trial budget, sampler, pruner, seed, fold mode."""
+    """How a study searches: folds, trial budget, sampler, pruner, seed, fold mode, recipes
+    trained together in one step (with batched folds)."""
 
     n_folds: int = 5
     n_trials: int = 30
@@ -50,11 +51,13 @@ class SearchSettings:
     enqueue_defaults: bool = True
     tpe: dict[str, Any] = field(default_factory=dict)
     fold_mode: str = "sequential"
+    recipes_per_step: int = 1
 
     def __post_init__(self) -> None:
         # Store what the checks return: YAML `n_folds: 3.0` passes check_int, and a float
         # left here would reach StratifiedKFold, which rejects it.
-        for name, low, high in (("n_folds", *N_FOLDS_RANGE), ("n_trials", 1, None), ("seed", 0, SEED_MAX)):
+        for name, low, high in (("n_folds", *N_FOLDS_RANGE), ("n_trials", 1, None),
+                                ("seed", 0, SEED_MAX), ("recipes_per_step", 1, None)):
             value = check_int(name, getattr(self, name), low=low, high=high)
             object.__setattr__(self, name, value)
         check_choice("sampler", self.sampler, SAMPLERS)
