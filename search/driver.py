@@ -154,11 +154,21 @@ def _agree_on_parent(study: optuna.Study, config: StudyConfig, tracker: Tracker)
 _AGREE_SECONDS = 1.0
 
 
+def _fold_mode(config: StudyConfig) -> str:
+    """How trials train their folds, for the header: nothing for the default."""
+    if config.fold_mode != "batched":
+        return ""
+    if config.recipes_per_step > 1:
+        return f" (batched folds, {config.recipes_per_step} trials per step)"
+    return " (batched folds)"
+
+
 def _header(config: StudyConfig, session: _Session, console: Console, n_workers: int) -> None:
     data = session.data
     console.print(
         f"study [bold]{config.name}[/]: {len(data.train)} images, {data.train.n_classes} classes, "
-        f"{config.n_folds} folds x {config.max_epochs} epochs, {n_workers} worker(s); storage "
+        f"{config.n_folds} folds x {config.max_epochs} epochs{_fold_mode(config)}, "
+        f"{n_workers} worker(s); storage "
         f"{redact_url(config.storage)}; MLflow {redact_url(config.tracking_uri)}",
         highlight=False, soft_wrap=True,  # one line in a log too, where the width is 80
     )

@@ -232,7 +232,8 @@ def test_recipes_per_step_needs_batched_folds_and_no_searched_shared_setting(tmp
 
 
 @pytest.mark.slow
-def test_a_study_trains_several_recipes_per_step_each_as_it_would_alone(tmp_path: Path) -> None:
+def test_a_study_trains_several_recipes_per_step_each_as_it_would_alone(tmp_path: Path,
+                                                                        capsys) -> None:
     from mlflow import MlflowClient
 
     from search.datasets import load_data
@@ -248,6 +249,11 @@ def test_a_study_trains_several_recipes_per_step_each_as_it_would_alone(tmp_path
                           tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", fold_mode="batched",
                           recipes_per_step=3, overrides=["model.units=32"], report=False)
     run_study(config, progress=False)
+    out = capsys.readouterr().err
+    assert "2 folds x 3 epochs (batched folds, 3 trials per step), 1 worker(s)" in out, out
+    ended = [line.split(" cv")[0] for line in out.splitlines() if line.startswith("trial ")]
+    assert [line.removesuffix(" with") for line in ended] == [
+        f"trial {n}: complete" for n in range(5)], out
     trials = open_study(config).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 5
     # 5 trials, 3 per step: trials 0-2 trained together, then 3-4 once they had ended

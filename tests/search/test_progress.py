@@ -160,6 +160,22 @@ def test_the_time_left_shares_the_trials_left_among_running_workers() -> None:
         assert progress.time_left() == 0.0
 
 
+def test_the_time_left_counts_the_trials_of_a_step_as_trained_together() -> None:
+    progress, out = _progress(terminal=False, log_every=0.0)  # 10 trials
+    with progress:
+        progress.trials_started([0, 1, 2])
+        assert progress.time_left() is None
+        for number in range(3):  # a step of three: each took the step's 90 s
+            progress.trial_finished(number, "COMPLETE", 1.0, seconds=90.0)
+        # 7 trials left, 3 at a time: 90 s x 7 / 3, not 90 s x 7
+        assert progress.time_left() == pytest.approx(90.0 * 7 / 3)
+        progress.trials_started([3, 4, 5])
+        assert 90.0 * 7 / 3 - 5 < progress.time_left() <= 90.0 * 7 / 3
+        progress.epoch(0, 0, 0, 1.5)
+    assert re.search(r"^trials 3, 4, 5: fold 1/2 · epoch 1 · val_loss 1\.5000 · 0s so far · "
+                     r"study: about 3m(2\d|30)s left$", out.getvalue(), re.M), out.getvalue()
+
+
 def test_the_best_trials_table_says_what_gap_means() -> None:
     from search.progress import best_trials_table
 
