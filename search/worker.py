@@ -256,22 +256,26 @@ def pruner_reports(config: StudyConfig) -> "FoldEnds | AcrossFolds":
     ``batched_pruning="epoch"``, `AcrossFolds`."""
     if config.fold_mode == "batched" and config.batched_pruning == "epoch":
         return AcrossFolds(config.n_folds, config.max_epochs)
-    return FoldEnds(config.max_epochs, batched=config.fold_mode == "batched")
+    return FoldEnds(config.max_epochs, config.n_folds, batched=config.fold_mode == "batched")
 
 
 class FoldEnds:
     """`RunningCV` over the folds in their order; batched folds report epoch by epoch across
     folds, so the pruner sees what sequential folds report, in their order (`InFoldOrder`).
-    The pruner may stop a trial at its last fold's end (``finished`` stays False)."""
+    Once the last fold's end is reported the trial is ``finished``: it has nothing left to
+    train, so the pruner is not asked (it would mark a fully trained trial pruned; with
+    batched folds, whose folds all end at the last epoch, that was every decision it made)."""
 
-    finished = False
-
-    def __init__(self, max_epochs: int, *, batched: bool) -> None:
+    def __init__(self, max_epochs: int, n_folds: int, *, batched: bool) -> None:
+        self.max_epochs, self.n_folds = max_epochs, n_folds
         self.estimate = RunningCV(max_epochs)
         self.in_order = InFoldOrder(max_epochs) if batched else None
+        self.finished = False
 
     def __call__(self, m: EpochMetrics) -> list[tuple[int, float]]:
         reports = self.in_order(m) if self.in_order is not None else [m]
+        self.finished = self.finished or any(
+            r.fold == self.n_folds - 1 and r.epoch == self.max_epochs - 1 for r in reports)
         return [(r.step, self.estimate.update(r.fold, r.epoch, r.best_val_loss))
                 for r in reports]
 

@@ -83,20 +83,19 @@ def test_batched_folds_judged_by_epoch_report_every_folds_mean_at_each_epoch() -
     assert seen[-1][1] == pytest.approx(_pruner_sees(_sequential(), batched=False)[-1][1])
 
 
-def test_the_pruner_is_not_asked_once_every_batched_fold_has_ended() -> None:
+@pytest.mark.parametrize("fold_mode, batched_pruning, reports", [
+    ("batched", "epoch", _batched), ("batched", "fold-end", _batched),
+    ("sequential", "fold-end", _sequential)])
+def test_the_pruner_is_not_asked_once_every_fold_has_ended(fold_mode, batched_pruning,
+                                                           reports) -> None:
     # a trial stopped after its last epoch saves nothing and would lose its complete result
     config = build_config("digits", n_folds=len(CURVES), max_epochs=EPOCHS,
-                          fold_mode="batched", batched_pruning="epoch")
+                          fold_mode=fold_mode, batched_pruning=batched_pruning)
     to_pruner, finished = pruner_reports(config), []
-    for m in _batched():
+    for m in reports():
         to_pruner(m)
         finished.append(to_pruner.finished)
     assert finished == [False] * (len(finished) - 1) + [True]
-    # judged at fold ends, the pruner may still stop a trial at its last fold's end
-    fold_ends = pruner_reports(config.replace(batched_pruning="fold-end"))
-    for m in _batched():
-        fold_ends(m)
-    assert fold_ends.finished is False
 
 
 def test_the_pruner_judges_batched_folds_by_epoch_from_half_the_epochs_on() -> None:
