@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import pytest
 
+from tests.trainers.test_reuse import _count_traces
 from trainers.batched import (
     FoldCopies,
     RebuiltCopies,
@@ -482,14 +483,7 @@ def test_steps_of_several_recipes_compile_once_and_never_retrace() -> None:
     reuse = _reuse(data, jit_compile=True)
     copies = copies_for(reuse, 2, 2)
     model = copies.prepare(RECIPE, [0, 1, 0, 1])
-    traces = []
-    train_step = model.train_step
-
-    def counted(*args, **kwargs):
-        traces.append(1)
-        return train_step(*args, **kwargs)
-
-    model.train_step = counted
+    traces = _count_traces(model)
     first = cross_validate_recipes(data, folds, RECIPES[:2], reuse, fail_at_chance=False)
     function, n_traces = model.train_function, len(traces)
     assert n_traces >= 1
