@@ -407,7 +407,7 @@ def run_trials(study: optuna.Study, objective: Objective, *, n_trials: int,
                        n_trials - count_trials(study)["budget"])
         try:
             if together > 1:
-                run_step(study, objective, together)
+                run_step(study, objective, together, budget=n_trials)
             else:
                 study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks,
                                gc_after_trial=True)
@@ -420,20 +420,26 @@ def run_trials(study: optuna.Study, objective: Objective, *, n_trials: int,
             raise objective.lost
 
 
-def run_step(study: optuna.Study, objective: Objective, n: int) -> None:
-    """Ask ``n`` trials, train their recipes in one compiled step (`Objective.run_together`)
+def run_step(study: optuna.Study, objective: Objective, n: int, *,
+             budget: int | None = None) -> None:
+    """Ask up to ``n`` trials, train their recipes in one compiled step (`Objective.run_together`)
     and tell Optuna how each ended, as ``study.optimize`` does for one trial: stale trials
     failed first where the storage has heartbeats, a heartbeat kept for each trial while it
     trains, a failed recipe marked FAIL and the study going on, a stop propagated once every
     trial is told. Queued recipes are asked first (Optuna's ``ask``), and the sampler sees
-    the others of the step as running (TPE's constant liar: `search.study.TPE_DEFAULTS`).
+    the others of the step as running (TPE's constant liar: `search.study.TPE_DEFAULTS`). With
+    ``budget``, each trial after the first is asked only while the study's trials (those other
+    workers run included) stay under it, so workers sharing a study overrun it no more than
+    with one trial at a time.
     """
     if is_heartbeat_enabled(study._storage):
         optuna.storages.fail_stale_trials(study)
     with warnings.catch_warnings():
         # Optuna warns that heartbeats need `Study.optimize`: this keeps them itself, below
         warnings.filterwarnings("ignore", message="Heartbeat of storage")
-        trials = [study.ask() for _ in range(n)]
+        trials = [study.ask()]
+        while len(trials) < n and (budget is None or count_trials(study)["budget"] < budget):
+            trials.append(study.ask())
     with contextlib.ExitStack() as beating:
         for trial in trials:
             beating.enter_context(get_heartbeat_thread(trial._trial_id, study._storage))

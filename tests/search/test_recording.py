@@ -26,7 +26,7 @@ from search import stopping
 from search.study import count_trials, quiet_optuna
 from search.tracking import Tracker, TrackingLost
 from search.training import prepare_training
-from search.worker import Objective, run_trials
+from search.worker import Objective, run_step, run_trials
 from tests.search.memory_tracker import MemoryTracker
 
 
@@ -292,3 +292,20 @@ def test_the_report_says_which_baselines_the_selected_recipe_beats_beyond_noise(
     assert lines[0].startswith("selected (trial 0) beats baseline weak")
     assert lines[-1] == "warning: the selected value of dropout lies at the edge"
     assert len(report["rows"][0]["heldout_losses"]) == len(data.heldout)
+
+
+def test_a_step_asks_no_trial_past_the_budget_that_other_workers_fill(digits) -> None:
+    tracker = MemoryTracker()
+    objective, parent = _objective(digits, tracker)
+    objective.config = objective.config.replace(fold_mode="batched", recipes_per_step=3)
+    study = optuna.create_study()
+    elsewhere = study.ask()  # another worker's trial, running: it counts against the budget
+    run_step(study, objective, 3, budget=3)
+    trials = study.trials
+    # two more fit under the budget of three, and only two were asked
+    assert [t.number for t in trials] == [elsewhere.number, 1, 2]
+    assert [t.state for t in trials[1:]] == [TrialState.COMPLETE] * 2
+    assert len(tracker.children(parent)) == 2
+    # without a budget it asks all three: the check is what held the third back
+    run_step(study, objective, 3)
+    assert len(study.trials) == 6
