@@ -291,12 +291,12 @@ def test_a_stop_during_a_step_interrupts_its_trials_and_the_rerun_trains_them(tm
     from search.names import INTERRUPTED_ATTR, RETRY_OF_ATTR, RUN_ID_ATTR
     from search.study import open_study
 
-    config = build_config("digits", n_trials=3, n_folds=2, max_epochs=40, pruner="none", seed=0,
+    config = build_config("digits", n_trials=3, n_folds=2, max_epochs=16, pruner="none", seed=0,
                           storage=f"sqlite:///{tmp_path}/optuna.db",
                           tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", fold_mode="batched",
                           recipes_per_step=3, report=False, overrides=[
                               "model.units=32",
-                              "space.patience={type: int, low: 40, high: 40, default: 40}"])
+                              "space.patience={type: int, low: 16, high: 16, default: 16}"])
     training = threading.Event()
 
     def ctrl_c_once_the_step_trains() -> None:
@@ -324,7 +324,7 @@ def test_a_stop_during_a_step_interrupts_its_trials_and_the_rerun_trains_them(tm
     assert [t.system_attrs["fixed_params"] for t in trials[3:]] == [t.params for t in trials[:3]]
 
     # the rerun trains the three queued recipes, together, and counts nothing twice
-    rerun = run_study(config.replace(max_epochs=40), progress=False)
+    rerun = run_study(config, progress=False)
     assert not rerun.interrupted
     trials = open_study(config).trials
     assert [t.state for t in trials] == [TrialState.FAIL] * 3 + [TrialState.COMPLETE] * 3
