@@ -32,7 +32,8 @@ KERAS_TESTS = tuple(f"tests/trainers/test_{name}.py"
 # uncompiled EfficientNet step took 234 s on JAX (Keras's own model; the TensorFlow run trains it,
 # and our wrapping of it, the pixel scale, is tested here).
 BACKEND_SUBSET = {
-    "tests/trainers/test_cnn.py": "builder_fits_one_step or sees_pixels or conv_dropout",
+    "tests/trainers/test_cnn.py": "builder_fits_one_step or sees_pixels or conv_dropout or "
+                                  "one_after_another",
     "tests/trainers/test_batched.py": "one_fold_batched_equals_sequential or learns_nothing or "
                                       "frozen_copy or compile_once or share_no_variable or "
                                       "(would_alone and reuse) or never_retrace",
@@ -70,7 +71,8 @@ def test_trainer_tests_pass_on(backend: str, tests: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:logging",
          "-n", "0", tests, *(["-k", BACKEND_SUBSET[tests]] if tests in BACKEND_SUBSET else [])],
-        cwd=ROOT, env=_env(KERAS_BACKEND=backend), capture_output=True, text=True, timeout=1800,
+        cwd=ROOT, env=_env(KERAS_BACKEND=backend), capture_output=True, text=True,
+        timeout=900,  # the longest, JAX's test_reuse, took 330 s in the loaded suite
     )
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     assert result.returncode == 0, f"on {backend}:\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}"
