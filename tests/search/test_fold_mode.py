@@ -287,6 +287,7 @@ def test_a_stop_during_a_step_interrupts_its_trials_and_the_rerun_trains_them(tm
     import optuna
     from mlflow import MlflowClient
 
+    from search import stopping
     from search.driver import run_study
     from search.names import INTERRUPTED_ATTR, RETRY_OF_ATTR, RUN_ID_ATTR
     from search.study import open_study
@@ -298,22 +299,37 @@ def test_a_stop_during_a_step_interrupts_its_trials_and_the_rerun_trains_them(tm
                               "model.units=32",
                               "space.patience={type: int, low: 16, high: 16, default: 16}"])
     training = threading.Event()
+    seen: list[str] = []  # what the watcher last saw, for the failure message
 
     def ctrl_c_once_the_step_trains() -> None:
+        storage = None
         while not training.wait(0.2):
-            try:
-                trials = optuna.load_study(study_name="digits", storage=config.storage).trials
-            except Exception:  # noqa: BLE001 - not created yet
+            try:  # one storage, polled (a new one per poll took seconds on a loaded machine)
+                storage = storage or optuna.storages.RDBStorage(config.storage)
+                trials = optuna.load_study(study_name="digits", storage=storage).trials
+            except Exception as exc:  # noqa: BLE001 - not created yet
+                seen[:] = [f"{type(exc).__name__}: {exc}"]
                 continue
+            seen[:] = [f"{t.number}: {t.state.name}, {len(t.intermediate_values)} reports"
+                       for t in trials]
             if len(trials) == 3 and all(t.intermediate_values for t in trials):
                 training.set()
+                seen.append("Ctrl-C sent")
                 os.kill(os.getpid(), signal.SIGINT)
 
+    # Ctrl-C as `search.run` takes it: a KeyboardInterrupt that Python could not raise where
+    # it landed is still remembered and ends the step at its next epoch
+    previous = signal.getsignal(signal.SIGINT)
+    stopping.remember_ctrl_c()
     watcher = threading.Thread(target=ctrl_c_once_the_step_trains, daemon=True)
     watcher.start()
-    outcome = run_study(config, progress=False)
-    training.set()
-    assert outcome.interrupted
+    try:
+        outcome = run_study(config, progress=False)
+    finally:
+        training.set()
+        signal.signal(signal.SIGINT, previous)
+        stopping._stop_reason = None  # the stop is handled: the rerun below is a new run
+    assert outcome.interrupted, f"the watcher saw: {seen}"
     trials = open_study(config).trials
     assert [t.state for t in trials] == [TrialState.FAIL] * 3 + [TrialState.WAITING] * 3
     client = MlflowClient(config.tracking_uri)
