@@ -254,13 +254,14 @@ class StudyProgress:
         return "" if seconds is None else f" · study: about {_duration(round(seconds))} left"
 
     def trial_finished(self, number: int, state: str, value: float | None, detail: str = "", *,
-                       seconds: float | None = None) -> None:
+                       seconds: float | None = None, interrupted: bool = False) -> None:
         """Count a finished trial and print its line; ``seconds`` (start to end, as the
-        storage recorded it) feeds `time_left`."""
+        storage recorded it) feeds `time_left`, unless the trial was ``interrupted`` (cut
+        short by a stop: its seconds say nothing of a trial's, and no time is left to tell)."""
         key = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}.get(state)
         if key:
             self.counts[key] += 1
-            if seconds is not None:
+            if seconds is not None and not interrupted:
                 self._durations.append(seconds)
         if state == "COMPLETE" and value is not None and math.isfinite(value):
             self.best = value if self.best is None else min(self.best, value)
@@ -269,7 +270,8 @@ class StudyProgress:
         shown = "" if value is None else f" cv val_loss {value:.4f}"
         # in a log, where no bar shows it, the study's time left ends the line: a trial pruned
         # within a minute prints no "running" line, and most of a search's trials may be such
-        left = self._left_in_log() if not self.live and self.time_left() else ""
+        left = (self._left_in_log() if not self.live and not interrupted and self.time_left()
+                else "")
         self._progress.console.print(f"trial {number}: {state.lower()}{shown}{detail}{left}",
                                      highlight=False)
 

@@ -515,7 +515,8 @@ def announce(progress: StudyProgress, trial: optuna.trial.FrozenTrial) -> None:
     seconds = None
     if trial.datetime_start is not None and trial.datetime_complete is not None:
         seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
-    progress.trial_finished(trial.number, state, value, detail, seconds=seconds)
+    progress.trial_finished(trial.number, state, value, detail, seconds=seconds,
+                            interrupted=bool(trial.user_attrs.get(INTERRUPTED_ATTR)))
 
 
 def where_stopped(step: int, n_folds: int, max_epochs: int, *, batched: bool = False) -> str:

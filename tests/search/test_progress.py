@@ -176,6 +176,17 @@ def test_the_time_left_counts_the_trials_of_a_step_as_trained_together() -> None
                      r"study: about 3m(2\d|30)s left$", out.getvalue(), re.M), out.getvalue()
 
 
+def test_an_interrupted_trial_says_no_time_left_and_is_not_timed() -> None:
+    progress, out = _progress(terminal=False, log_every=0.0)
+    with progress:
+        progress.trial_finished(0, "COMPLETE", 1.0, seconds=100.0)
+        # Ctrl-C 5 s into trial 1: the run is stopping, and 5 s is no trial's duration
+        progress.trial_finished(1, "FAIL", None, " (interrupted (Ctrl-C))", seconds=5.0,
+                                interrupted=True)
+        assert out.getvalue().splitlines()[-1] == "trial 1: fail (interrupted (Ctrl-C))"
+        assert progress._durations == [100.0]
+
+
 def test_the_best_trials_table_says_what_gap_means() -> None:
     from search.progress import best_trials_table
 
