@@ -102,6 +102,8 @@ def test_builder_fits_one_step_jit_compiled(name):
 def test_small_resnets_train_one_after_another():
     # on PyTorch's CPU, oneDNN's 1x1 convolution backward hung from the second small ResNet a
     # process trained (`trainers.cnn._torch_cpu_convolutions`); the backend tests run this there
+    if keras.backend.backend() != "torch":
+        pytest.skip("PyTorch's CPU kernels hung here; on this backend it is 60 s of compiling")
     x, y = _data()
     for seed in range(3):
         model = BUILDERS["small_resnet"](TINY_SHAPE, N_CLASSES, Recipe(l2=1e-4), seed=seed,
