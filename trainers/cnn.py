@@ -43,7 +43,8 @@ def _check(name: str, input_shape: tuple[int, int, int], n_classes: int, **range
 
 
 def _torch_cpu_convolutions() -> None:
-    """On PyTorch without a GPU, train convolutions with PyTorch's own kernels, not oneDNN's.
+    """On PyTorch without a GPU, train convolutions with PyTorch's own kernels, not oneDNN's
+    (for the whole process, once, as this module is imported).
 
     PyTorch 2.14's oneDNN backward of a 1x1 convolution (its AVX2 kernel, as in the small
     ResNet's shortcuts and EfficientNet) hung in an OpenMP barrier from the second such model a
@@ -56,6 +57,10 @@ def _torch_cpu_convolutions() -> None:
 
     if not torch.cuda.is_available():
         torch.backends.mkldnn.enabled = False
+
+
+# a setting of the process, as the backend and its devices are: once, where the builders are
+_torch_cpu_convolutions()
 
 
 def _scaled(units: int, width: float) -> int:
@@ -143,7 +148,6 @@ def build_seed_cnn(
         ValueError: for an impossible shape, class count, width or conv_dropout.
     """
     _check("build_seed_cnn", input_shape, n_classes, width=width, conv_dropout=conv_dropout)
-    _torch_cpu_convolutions()
     strengths = _strengths(recipe, reusable)
     inputs, x = _stem(input_shape, recipe, pixel_max, augment_preset, seed, strengths,
                       zca_epsilon)
@@ -238,7 +242,6 @@ def build_small_resnet(
         An uncompiled `keras.Model`.
     """
     _check("build_small_resnet", input_shape, n_classes, width=width)
-    _torch_cpu_convolutions()
     strengths = _strengths(recipe, reusable)
     inputs, x = _stem(input_shape, recipe, pixel_max, augment_preset, seed, strengths,
                       zca_epsilon)
@@ -318,7 +321,6 @@ def build_efficientnet_b0(
         An uncompiled `keras.Model`.
     """
     _check("build_efficientnet_b0", input_shape, n_classes)
-    _torch_cpu_convolutions()
     if min(input_shape[:2]) < 32:
         raise ValueError(
             f"build_efficientnet_b0: 'input_shape'={input_shape!r} is too small; "

@@ -85,8 +85,7 @@ def test_builder_wires_the_recipe(name, recipe):
 def test_builder_fits_one_step_jit_compiled(name):
     # XLA on TensorFlow and JAX. On PyTorch regsearch compiles as Keras's "auto" does, eagerly
     # (Keras's own default there); `jit_compile=True` would be torch.compile, which regsearch
-    # never uses, and whose convolution backward on the CPU (torch 2.14, oneDNN) hung in the
-    # suite once and crashed twice when run alone
+    # never uses
     jit = keras.backend.backend() != "torch"
     model = _tiny(name, Recipe(l2=1e-4, dropout=0.2, augment=0.5))
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=jit)
